@@ -1,0 +1,32 @@
+"""Shared plumbing for workflow/scripts: logging and turning user errors into one clear line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+
+def setup_logging() -> None:
+    rank = os.environ.get("RANK")
+    prefix = f"[rank{rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stdout,
+        force=True,
+    )
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Run a script's main(): user errors (bad config, missing file) exit 2 with one line, not a trace."""
+    setup_logging()
+    try:
+        code = main()
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        logging.getLogger("lmrepro").error("%s: %s", type(e).__name__, e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)

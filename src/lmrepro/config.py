@@ -1,0 +1,268 @@
+"""The trainer's job config: dataclasses loaded strictly from a TOML file.
+
+`results/runs/{run}/train.toml` is rendered by the workflow and is the one record of a run. Loading is
+strict: an unknown key or a value of the wrong type raises ValueError naming the dotted key and what
+would be valid, so a typo never silently falls back to a default. Each component receives only its own
+section (`job.model`, `job.optimizer`, …), never the whole JobConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+
+@dataclass
+class ModelConfig:
+    flavor: str = "debug"
+    """Named shape from lmrepro.model.flavors (debug, 250M, 870M, 2B, 7B, llama3.2-1B, llama3.1-8B)."""
+    vocab_size: int = -1
+    """Filled from the tokenizer by the workflow; the embedding and output layer have this many rows."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Per-field overrides of the flavor's ModelArgs, e.g. {n_layers = 2, causal = false}."""
+
+
+@dataclass
+class DataConfig:
+    train_index: str = ""
+    """index.json of the training token shards."""
+    seq_len: int = 128
+    """Tokens per training sequence (the model sees seq_len inputs and predicts seq_len targets)."""
+    seed: int = 0
+    """Seed of the data order; the order is a pure function of (seed, sample index)."""
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["adamw"] = "adamw"
+    lr: float = 3e-3
+    """Peak learning rate (after warmup)."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip_norm: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = 10
+    decay: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    """Shape after warmup: cosine or linear to min_lr_ratio·lr at the last step, constant, or
+    warmup-stable-decay (constant, then linear decay over the last decay_fraction of the steps)."""
+    min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2
+    """wsd only: the fraction of all steps spent decaying."""
+
+
+@dataclass
+class TrainingConfig:
+    steps: int = 100
+    """Total optimizer steps of the run (all segments together)."""
+    global_batch_tokens: int = 4096
+    """Tokens per optimizer step over all data-parallel ranks; must be a multiple of seq_len × dp ranks."""
+    micro_batch_sequences: int = 0
+    """Sequences per forward/backward on one rank; 0 = the whole local batch at once (no accumulation)."""
+    seed: int = 0
+    """Seed of the model initialisation and of any randomness in training."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Parameter dtype during forward/backward (FSDP mixed precision); master weights stay float32."""
+
+
+@dataclass
+class ParallelConfig:
+    dp_shard_degree: int = -1
+    """FSDP shard degree; -1 = all ranks not used by other degrees."""
+    dp_replicate_degree: int = 1
+    """HSDP replicate degree (replicate × shard mesh)."""
+    tp_degree: int = 1
+    """Tensor-parallel degree."""
+
+
+@dataclass
+class CheckpointConfig:
+    interval_steps: int = 25
+    """Save a rolling checkpoint into state/ every this many steps (and at SIGTERM/SIGUSR1)."""
+    keep_latest_k: int = 2
+    """Rolling checkpoints kept in state/; older ones are deleted once a newer one is complete."""
+
+
+@dataclass
+class MetricsConfig:
+    log_every_steps: int = 10
+    tensorboard: bool = True
+
+
+@dataclass
+class JobConfig:
+    run: str = "run"
+    """Name of the run (results/runs/{run})."""
+    run_dir: str = ""
+    """results/runs/{run}: state/ and checkpoints/ live below it."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+def _check_value(value: Any, annotation: Any, key: str) -> Any:
+    """Return value if it fits annotation (ints are accepted for floats), else raise naming key."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ValueError(f"{key} = {value!r} is not valid; expected one of {list(allowed)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _check_value(value, option, key)
+            except ValueError:
+                continue
+        raise ValueError(f"{key} = {value!r} has the wrong type; expected {annotation}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be a table, got {type(value).__name__}")
+        return dict(value)
+    if annotation is type(None):
+        if value is not None:
+            raise ValueError(f"{key} must be null")
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, bool):
+        raise ValueError(f"{key} = {value!r} has the wrong type; expected int")
+    if not isinstance(value, annotation):
+        raise ValueError(f"{key} = {value!r} has the wrong type; expected {annotation.__name__}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (nested) dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config key {prefix}{unknown[0]}; valid keys here: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = from_dict(annotation, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_value(value, annotation, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def validate(job: JobConfig) -> None:
+    """Value checks a type cannot express; raise ValueError naming the key."""
+    positive = {
+        "data.seq_len": job.data.seq_len,
+        "training.steps": job.training.steps,
+        "training.global_batch_tokens": job.training.global_batch_tokens,
+        "checkpoint.interval_steps": job.checkpoint.interval_steps,
+        "checkpoint.keep_latest_k": job.checkpoint.keep_latest_k,
+        "metrics.log_every_steps": job.metrics.log_every_steps,
+        "optimizer.lr": job.optimizer.lr,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"{key} must be > 0, got {value}")
+    non_negative = {
+        "optimizer.weight_decay": job.optimizer.weight_decay,
+        "optimizer.grad_clip_norm": job.optimizer.grad_clip_norm,
+        "schedule.warmup_steps": job.schedule.warmup_steps,
+        "training.micro_batch_sequences": job.training.micro_batch_sequences,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ValueError(f"{key} must be >= 0, got {value}")
+    if not 0.0 <= job.schedule.min_lr_ratio <= 1.0:
+        raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {job.schedule.min_lr_ratio}")
+    if not 0.0 < job.schedule.decay_fraction <= 1.0:
+        raise ValueError(f"schedule.decay_fraction must be in (0, 1], got {job.schedule.decay_fraction}")
+    if job.training.global_batch_tokens % job.data.seq_len:
+        raise ValueError(
+            f"training.global_batch_tokens = {job.training.global_batch_tokens} is not a multiple of "
+            f"data.seq_len = {job.data.seq_len}"
+        )
+
+
+def load_job_config(path: str | Path) -> JobConfig:
+    """Load and validate a train.toml (FileNotFoundError / ValueError name the file and key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trainer config {path} does not exist")
+    with path.open("rb") as f:
+        try:
+            data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML: {e}") from e
+    try:
+        job = from_dict(JobConfig, data)
+        validate(job)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return job
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge overrides into a copy of base (tables merge, other values replace)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "overrides":
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def to_dict(job: JobConfig) -> dict[str, Any]:
+    return dataclasses.asdict(job)
+
+
+def dump_toml(job: JobConfig) -> str:
+    return tomli_w.dumps(to_dict(job))
+
+
+def config_sha256(job: JobConfig) -> str:
+    """Fingerprint of everything that determines the run's trajectory (used to refuse stale state)."""
+    return hashlib.sha256(dump_toml(job).encode()).hexdigest()
+
+
+def render_job_config(preset: str | Path, overrides: dict[str, Any], fixed: dict[str, Any]) -> JobConfig:
+    """A run's JobConfig: trainer preset TOML < run overrides < values the workflow fixes (paths, vocab).
+
+    Raises ValueError naming the offending key (of the preset or the overrides) before anything runs.
+    """
+    preset = Path(preset)
+    if not preset.is_file():
+        raise FileNotFoundError(f"trainer preset {preset} does not exist")
+    with preset.open("rb") as f:
+        base = tomllib.load(f)
+    try:
+        from_dict(JobConfig, base)
+    except ValueError as e:
+        raise ValueError(f"{preset}: {e}") from None
+    try:
+        from_dict(JobConfig, overrides)
+    except ValueError as e:
+        raise ValueError(f"overrides: {e}") from None
+    job = from_dict(JobConfig, merge(merge(base, overrides), fixed))
+    validate(job)
+    return job

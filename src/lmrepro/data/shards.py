@@ -1,0 +1,180 @@
+"""Binary token shards: a fixed 64-byte header, then the tokens; plus an index.json per shard folder.
+
+Header (little-endian):  magic b"LMRTOKS\\0" | format version u32 | dtype code u32 | num_tokens u64 |
+                         vocab_size u64 | num_documents u64 | zero padding to 64 bytes.
+The header makes a shard self-describing: a truncated, foreign or corrupted file is refused with its
+path instead of being read as garbage tokens. Documents are separated by EOS (and start with BOS when
+the tokenizer has one); the loader treats the shards of a folder as one stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MAGIC = b"LMRTOKS\0"
+FORMAT_VERSION = 1
+HEADER_BYTES = 64
+_HEADER = struct.Struct("<8sIIQQQ")
+_DTYPE_CODES = {16: np.dtype("<u2"), 32: np.dtype("<u4")}
+INDEX_FORMAT = "lmrepro-token-shards"
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    """The smallest shard dtype that holds every token id of a vocabulary."""
+    if vocab_size <= 2**16:
+        return _DTYPE_CODES[16]
+    if vocab_size <= 2**32:
+        return _DTYPE_CODES[32]
+    raise ValueError(f"vocab_size {vocab_size} does not fit a uint32 shard")
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    version: int
+    dtype: np.dtype
+    num_tokens: int
+    vocab_size: int
+    num_documents: int
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_shard(path: str | Path, tokens: np.ndarray, *, vocab_size: int, num_documents: int) -> str:
+    """Write one shard atomically (temp file + rename); return its sha256."""
+    path = Path(path)
+    dtype = dtype_for_vocab(vocab_size)
+    tokens = np.asarray(tokens)
+    if tokens.size and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
+        raise ValueError(
+            f"{path}: token id {int(tokens.max())} out of range for vocab_size {vocab_size} "
+            f"(ids must be in [0, {vocab_size}))"
+        )
+    code = dtype.itemsize * 8
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, code, tokens.size, vocab_size, num_documents)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as f:
+        f.write(header.ljust(HEADER_BYTES, b"\0"))
+        f.write(tokens.astype(dtype, copy=False).tobytes())
+    digest = _sha256(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def read_header(path: str | Path) -> ShardHeader:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"token shard {path} does not exist")
+    with path.open("rb") as f:
+        raw = f.read(HEADER_BYTES)
+    if len(raw) < HEADER_BYTES or raw[:8] != MAGIC:
+        raise ValueError(f"{path} is not an lmrepro token shard (bad magic {raw[:8]!r}, expected {MAGIC!r})")
+    _, version, code, num_tokens, vocab_size, num_documents = _HEADER.unpack(raw[: _HEADER.size])
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: shard format version {version}; this lmrepro reads {FORMAT_VERSION}")
+    if code not in _DTYPE_CODES:
+        raise ValueError(f"{path}: unknown dtype code {code}; valid: {sorted(_DTYPE_CODES)}")
+    dtype = _DTYPE_CODES[code]
+    expected = HEADER_BYTES + num_tokens * dtype.itemsize
+    actual = path.stat().st_size
+    if actual != expected:
+        raise ValueError(
+            f"{path}: file is {actual} bytes but its header promises {num_tokens} tokens "
+            f"({expected} bytes); the shard is truncated or corrupted"
+        )
+    return ShardHeader(version, dtype, num_tokens, vocab_size, num_documents)
+
+
+def read_shard(path: str | Path) -> np.ndarray:
+    """Memory-map a shard's tokens (read-only) after checking its header."""
+    header = read_header(path)
+    return np.memmap(path, dtype=header.dtype, mode="r", offset=HEADER_BYTES, shape=(header.num_tokens,))
+
+
+def write_index(folder: str | Path, shards: list[dict], *, vocab_size: int, bos_id: int | None,
+                eos_id: int, tokenizer_sha256: str, source: dict) -> Path:
+    """Write index.json last (atomically): its presence says the shard folder is complete."""
+    folder = Path(folder)
+    index = {
+        "format": INDEX_FORMAT,
+        "version": FORMAT_VERSION,
+        "dtype": dtype_for_vocab(vocab_size).name,
+        "vocab_size": vocab_size,
+        "bos_id": bos_id,
+        "eos_id": eos_id,
+        "tokenizer_sha256": tokenizer_sha256,
+        "num_tokens": sum(s["num_tokens"] for s in shards),
+        "num_documents": sum(s["num_documents"] for s in shards),
+        "source": source,
+        "shards": shards,
+    }
+    path = folder / "index.json"
+    tmp = folder / ".index.json.tmp"
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_index(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"shard index {path} does not exist (run the tokenize step first)")
+    index = json.loads(path.read_text())
+    if index.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{path} is not an lmrepro shard index (format {index.get('format')!r})")
+    return index
+
+
+class TokenStream:
+    """The shards listed by an index.json, read as one concatenated, memory-mapped token stream."""
+
+    def __init__(self, index_path: str | Path, verify_checksums: bool = False):
+        self.index_path = Path(index_path)
+        self.index = read_index(self.index_path)
+        self.vocab_size: int = self.index["vocab_size"]
+        self.eos_id: int = self.index["eos_id"]
+        self.bos_id: int | None = self.index["bos_id"]
+        self._shards: list[np.ndarray] = []
+        for entry in self.index["shards"]:
+            path = self.index_path.parent / entry["file"]
+            header = read_header(path)
+            if header.num_tokens != entry["num_tokens"] or header.vocab_size != self.vocab_size:
+                raise ValueError(
+                    f"{path}: header ({header.num_tokens} tokens, vocab {header.vocab_size}) disagrees with "
+                    f"{self.index_path} ({entry['num_tokens']} tokens, vocab {self.vocab_size})"
+                )
+            if verify_checksums and _sha256(path) != entry["sha256"]:
+                raise ValueError(f"{path}: sha256 does not match {self.index_path}; the shard is corrupted")
+            self._shards.append(read_shard(path))
+        self._starts = np.cumsum([0] + [len(s) for s in self._shards])
+        self.num_tokens = int(self._starts[-1])
+
+    def __len__(self) -> int:
+        return self.num_tokens
+
+    def window(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) of the stream, crossing shard boundaries if needed."""
+        if start < 0 or start + length > self.num_tokens:
+            raise IndexError(f"window [{start}, {start + length}) outside stream of {self.num_tokens} tokens")
+        out = np.empty(length, dtype=np.int64)
+        filled = 0
+        shard = int(np.searchsorted(self._starts, start, side="right")) - 1
+        offset = start - int(self._starts[shard])
+        while filled < length:
+            piece = self._shards[shard][offset : offset + length - filled]
+            out[filled : filled + len(piece)] = piece
+            filled += len(piece)
+            shard, offset = shard + 1, 0
+        return out

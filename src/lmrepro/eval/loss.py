@@ -1,0 +1,53 @@
+"""Held-out loss and perplexity of our own model over a tokenized split."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from lmrepro.data.shards import TokenStream
+from lmrepro.model.llama import Transformer
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def heldout_loss(
+    model: Transformer,
+    stream: TokenStream,
+    *,
+    seq_len: int,
+    max_tokens: int,
+    batch_sequences: int = 8,
+    log_every_s: float = 10.0,
+) -> dict:
+    """Mean next-token loss over the first `max_tokens` targets of the stream, in order.
+
+    Windows are consecutive and deterministic, so every checkpoint of a run is scored on the same tokens.
+    """
+    if stream.vocab_size > model.args.vocab_size:
+        raise ValueError(
+            f"{stream.index_path}: vocab_size {stream.vocab_size} exceeds the model's {model.args.vocab_size}"
+        )
+    num_windows = min((len(stream) - 1) // seq_len, max(max_tokens // seq_len, 1))
+    if num_windows < 1:
+        raise ValueError(f"{stream.index_path}: too few tokens ({len(stream)}) for one window of {seq_len + 1}")
+    device = next(model.parameters()).device
+    total_loss, total_tokens = 0.0, 0
+    last_log = time.monotonic()
+    for first in range(0, num_windows, batch_sequences):
+        ids = range(first, min(first + batch_sequences, num_windows))
+        windows = torch.stack([torch.from_numpy(stream.window(w * seq_len, seq_len + 1)) for w in ids]).to(device)
+        logits = model(windows[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten(), reduction="sum")
+        total_loss += float(loss)
+        total_tokens += windows[:, 1:].numel()
+        if time.monotonic() - last_log > log_every_s:
+            log.info("held-out loss: %d / %d windows", first + len(ids), num_windows)
+            last_log = time.monotonic()
+    mean = total_loss / total_tokens
+    return {"loss": mean, "perplexity": math.exp(mean), "num_tokens": total_tokens}

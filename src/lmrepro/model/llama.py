@@ -1,0 +1,363 @@
+"""A Llama-3-family decoder-only transformer in one readable file.
+
+Structure and parameter names follow Meta's reference code and torchtitan, so that checkpoints map
+one-to-one onto ``consolidated.pth`` (Meta) and, through :mod:`lmrepro.checkpoint.hf`, onto Hugging Face
+``LlamaForCausalLM``:
+
+    tok_embeddings.weight                       [vocab, dim]
+    layers.{i}.attention_norm.weight            [dim]
+    layers.{i}.attention.wq.weight              [n_heads * head_dim, dim]
+    layers.{i}.attention.wk.weight              [n_kv_heads * head_dim, dim]
+    layers.{i}.attention.wv.weight              [n_kv_heads * head_dim, dim]
+    layers.{i}.attention.wo.weight              [dim, n_heads * head_dim]
+    layers.{i}.ffn_norm.weight                  [dim]
+    layers.{i}.feed_forward.w1.weight           [ffn_dim, dim]   (gate)
+    layers.{i}.feed_forward.w3.weight           [ffn_dim, dim]   (up)
+    layers.{i}.feed_forward.w2.weight           [dim, ffn_dim]   (down)
+    norm.weight                                 [dim]
+    output.weight                               [vocab, dim]
+
+Tied embeddings: ``output.weight`` *is* ``tok_embeddings.weight`` (the same ``nn.Parameter``), so
+``state_dict()`` lists both keys backed by one storage, ``parameters()`` yields it once, and loading a
+state dict that has both keys (equal values) works. Writers that refuse shared storage (safetensors) must
+drop ``output.weight`` when ``tie_embeddings`` is set, as the HF export does.
+
+The file contains no parallelism code. Tensor parallel shards wq/wk/wv/w1/w3 by rows and wo/w2 by
+columns, so attention infers the *local* head count from tensor shapes, never from ``args.n_heads``.
+Pipeline parallel deletes entries of ``layers`` (a ``ModuleDict`` keyed "0".."n-1" so the surviving names
+stay stable) and sets ``tok_embeddings``/``norm``/``output`` to ``None`` on stages that do not own them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class RopeScaling:
+    """Llama 3.1 RoPE frequency scaling (transformers' ``rope_type: llama3``)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+    def __post_init__(self) -> None:
+        # Normalise types so that configs written with ints (factor: 8) compare and serialise alike.
+        self.factor = float(self.factor)
+        self.low_freq_factor = float(self.low_freq_factor)
+        self.high_freq_factor = float(self.high_freq_factor)
+        self.original_max_position_embeddings = int(self.original_max_position_embeddings)
+        if not self.low_freq_factor < self.high_freq_factor:
+            raise ValueError(
+                f"rope_scaling needs low_freq_factor < high_freq_factor, got {self.low_freq_factor} "
+                f">= {self.high_freq_factor}"
+            )
+
+
+@dataclass
+class ModelArgs:
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int | None = None  # None means n_heads (plain multi-head attention); normalised below
+    vocab_size: int = -1  # -1 until filled from the tokenizer
+    ffn_dim: int = -1  # SwiGLU hidden size, given explicitly (no multiple_of rounding here)
+    norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    rope_scaling: RopeScaling | None = None
+    max_seq_len: int = 2048
+    causal: bool = True
+    tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if isinstance(self.rope_scaling, dict):  # e.g. straight from a YAML/JSON config
+            try:
+                self.rope_scaling = RopeScaling(**self.rope_scaling)
+            except TypeError as e:
+                raise ValueError(
+                    f"rope_scaling {self.rope_scaling} is invalid: expected exactly the keys factor, "
+                    "low_freq_factor, high_freq_factor, original_max_position_embeddings"
+                ) from e
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ModelArgs.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.dim % self.n_heads != 0 or self.head_dim % 2 != 0:
+            raise ValueError(
+                f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads}) into an even head_dim"
+            )
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+# --------------------------------------------------------------------------------------------- RoPE
+
+
+def apply_rope_scaling(freqs: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    """Llama 3.1 scaling: slow down low frequencies, keep high ones, blend in between.
+
+    Wavelengths shorter than ``original / high_freq_factor`` are local patterns the model learnt well and
+    stay untouched; those longer than ``original / low_freq_factor`` never completed a period during
+    pretraining and are divided by ``factor`` (interpolated); the band between is blended smoothly.
+    Same math as Meta's ``apply_scaling`` and transformers' ``_compute_llama3_parameters``.
+    """
+    low_freq_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    high_freq_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    wavelen = 2 * math.pi / freqs
+    smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    blended = (1 - smooth) * freqs / scaling.factor + smooth * freqs
+    scaled = torch.where(wavelen > low_freq_wavelen, freqs / scaling.factor, blended)
+    return torch.where(wavelen < high_freq_wavelen, freqs, scaled)
+
+
+def precompute_freqs_cis(
+    head_dim: int, end: int, theta: float, scaling: RopeScaling | None = None
+) -> torch.Tensor:
+    """e^{i * pos * freq} for every position < end and every pair of channels: complex64 [end, head_dim/2]."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))  # [hd/2]
+    if scaling is not None:
+        freqs = apply_rope_scaling(freqs, scaling)
+    t = torch.arange(end, dtype=torch.float32, device=freqs.device)  # [end]
+    angles = torch.outer(t, freqs)  # [end, hd/2]
+    return torch.polar(torch.ones_like(angles), angles)  # [end, hd/2] complex64
+
+
+def apply_rotary_emb(
+    xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q and k; channels (2j, 2j+1) form one complex number (Meta's interleaved layout).
+
+    Computed in fp32 because bf16 angles lose position information at long range.
+    """
+    bsz, seqlen, _, hd = xq.shape
+    xq_ = torch.view_as_complex(xq.float().reshape(bsz, seqlen, -1, hd // 2, 2))  # [b, s, hq, hd/2]
+    xk_ = torch.view_as_complex(xk.float().reshape(bsz, seqlen, -1, hd // 2, 2))  # [b, s, hkv, hd/2]
+    freqs_cis = freqs_cis[:seqlen].view(1, seqlen, 1, hd // 2)  # [1, s, 1, hd/2]: broadcast over b, heads
+    xq_out = torch.view_as_real(xq_ * freqs_cis).flatten(3)  # [b, s, hq, hd]
+    xk_out = torch.view_as_real(xk_ * freqs_cis).flatten(3)  # [b, s, hkv, hd]
+    return xq_out.type_as(xq), xk_out.type_as(xk)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[b, s, hkv, hd] -> [b, s, hkv * n_rep, hd]: each kv head serves n_rep query heads (GQA)."""
+    if n_rep == 1:
+        return x
+    bsz, seqlen, n_kv_heads, head_dim = x.shape
+    return (
+        x[:, :, :, None, :]
+        .expand(bsz, seqlen, n_kv_heads, n_rep, head_dim)
+        .reshape(bsz, seqlen, n_kv_heads * n_rep, head_dim)
+    )
+
+
+# ------------------------------------------------------------------------------------------- layers
+
+
+def _trunc_normal_(weight: torch.Tensor, std: float) -> None:
+    # Cut at 3 std so that no single outlier weight dominates at init.
+    nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, with the reduction in fp32 (bf16 sums of squares are too coarse)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)  # [..., dim]
+        return normed.type_as(x) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.head_dim = args.head_dim
+        self.causal = args.causal
+        kv_dim = args.n_kv_heads * args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, kv_dim, bias=False)
+        self.wv = nn.Linear(args.dim, kv_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def init_weights(self, out_std: float) -> None:
+        for linear in (self.wq, self.wk, self.wv):
+            _trunc_normal_(linear.weight, 0.02)
+        _trunc_normal_(self.wo.weight, out_std)
+
+    def forward(self, x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape
+        # Head counts come from the shapes (-1) so a tensor-parallel shard sees its local heads.
+        xq = self.wq(x).view(bsz, seqlen, -1, self.head_dim)  # [b, s, hq, hd]
+        xk = self.wk(x).view(bsz, seqlen, -1, self.head_dim)  # [b, s, hkv, hd]
+        xv = self.wv(x).view(bsz, seqlen, -1, self.head_dim)  # [b, s, hkv, hd]
+        xq, xk = apply_rotary_emb(xq, xk, freqs_cis)
+
+        n_rep = xq.shape[2] // xk.shape[2]
+        xk = repeat_kv(xk, n_rep)  # [b, s, hq, hd]
+        xv = repeat_kv(xv, n_rep)  # [b, s, hq, hd]
+
+        # SDPA wants heads before sequence; it picks flash/efficient/math kernels by itself.
+        out = F.scaled_dot_product_attention(
+            xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2), is_causal=self.causal
+        )  # [b, hq, s, hd]
+        out = out.transpose(1, 2).reshape(bsz, seqlen, -1)  # [b, s, hq * hd]
+        return self.wo(out)  # [b, s, dim]
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)  # gate
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)  # down
+
+    def init_weights(self, out_std: float) -> None:
+        _trunc_normal_(self.w1.weight, 0.02)
+        _trunc_normal_(self.w3.weight, out_std)
+        _trunc_normal_(self.w2.weight, out_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # [b, s, ffn] -> [b, s, dim]
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, layer_id: int, args: ModelArgs):
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.attention = Attention(args)
+        self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.feed_forward = FeedForward(args.dim, args.ffn_dim)
+        # Depth-scaled init (torchtitan's depth_init): deeper residual branches start smaller so the
+        # residual stream's variance does not grow with depth.
+        self.out_std = 0.02 / (2 * (layer_id + 1)) ** 0.5
+
+    def init_weights(self) -> None:
+        self.attention_norm.reset_parameters()
+        self.ffn_norm.reset_parameters()
+        self.attention.init_weights(self.out_std)
+        self.feed_forward.init_weights(self.out_std)
+
+    def forward(self, x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), freqs_cis)  # [b, s, dim]
+        return h + self.feed_forward(self.ffn_norm(h))  # [b, s, dim]
+
+
+# -------------------------------------------------------------------------------------------- model
+
+
+class Transformer(nn.Module):
+    """Built on a real device it initialises itself; built under ``torch.device("meta")`` it allocates
+    nothing, and the caller runs ``to_empty(device=...)`` then :meth:`init_weights` (FSDP-style)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        if args.vocab_size <= 0:
+            raise ValueError(f"ModelArgs.vocab_size must be set from the tokenizer, got {args.vocab_size}")
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(i, args) for i in range(args.n_layers)})
+        self.norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        # Non-persistent: derived from args, so it never lands in (or is expected from) a checkpoint.
+        self.register_buffer("freqs_cis", self._precompute_freqs_cis(), persistent=False)
+        if self.tok_embeddings.weight.device.type != "meta":
+            self.init_weights()
+
+    def _precompute_freqs_cis(self) -> torch.Tensor:
+        a = self.args
+        return precompute_freqs_cis(a.head_dim, a.max_seq_len, a.rope_theta, a.rope_scaling)
+
+    @torch.no_grad()
+    def init_weights(self, buffer_device: torch.device | str | None = None) -> None:
+        """(Re)initialise every parameter and the RoPE buffer; deterministic given torch's RNG state.
+
+        Meant for ``Transformer(args)`` under ``torch.device("meta")`` + ``to_empty(device=...)``, after
+        which parameters hold garbage and the buffer must be recomputed on a real device.
+        """
+        buffer_device = buffer_device or self.freqs_cis.device
+        with torch.device(buffer_device):
+            self.freqs_cis = self._precompute_freqs_cis()
+        if self.args.tie_embeddings and self.output is not None and self.tok_embeddings is not None:
+            # to_empty() from meta creates a new tensor per module and so silently unties the weights.
+            self.output.weight = self.tok_embeddings.weight
+        if self.tok_embeddings is not None:
+            nn.init.normal_(self.tok_embeddings.weight, mean=0.0, std=0.02)
+        for layer in self.layers.values():
+            layer.init_weights()
+        if self.norm is not None:
+            self.norm.reset_parameters()
+        if self.output is not None and not self.args.tie_embeddings:
+            # torchtitan: logits start with ~unit variance regardless of width.
+            _trunc_normal_(self.output.weight, self.args.dim**-0.5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [b, s] (int64) -> logits [b, s, vocab] in the parameters' dtype.
+
+        On pipeline stages without embedding/head, ``tokens`` is the hidden state [b, s, dim] and the
+        hidden state is returned.
+        """
+        if tokens.shape[1] > self.freqs_cis.shape[0]:
+            raise ValueError(
+                f"sequence length {tokens.shape[1]} exceeds max_seq_len {self.freqs_cis.shape[0]}"
+            )
+        if not self.freqs_cis.is_complex():
+            raise ValueError(
+                f"freqs_cis was cast to {self.freqs_cis.dtype} (Module.to(dtype) casts complex buffers too); "
+                "use model.bfloat16()/half() or mixed precision, which keep it complex64"
+            )
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens  # [b, s, dim]
+        for layer in self.layers.values():
+            h = layer(h, self.freqs_cis)  # [b, s, dim]
+        h = self.norm(h) if self.norm is not None else h
+        return self.output(h) if self.output is not None else h  # [b, s, vocab]
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameter count; ``exclude_embeddings`` drops the token-embedding table.
+
+        With tied embeddings the shared matrix is counted once, as the embedding, so it is excluded too.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings and self.tok_embeddings is not None:
+            n -= self.tok_embeddings.weight.numel()
+        return n
+
+
+def flops_per_token(args: ModelArgs, seq_len: int) -> int:
+    """Training FLOPs per token: 6 * N + 12 * n_layers * dim * seq_len (PaLM appendix B, torchtitan).
+
+    N counts the parameters that take part in matmuls: everything but the embedding lookup, *including*
+    the output projection even when it is tied (the matmul happens either way). 6 = 2 (multiply-add) x 3
+    (forward + backward for activations + backward for weights). The second term is attention's
+    QK^T and AV matmuls, which have no parameters: 2 matmuls x 2 x 3 x seq_len x dim per layer, counted
+    for the full (non-causal) square as PaLM and torchtitan do.
+    """
+    kv_dim = args.n_kv_heads * args.head_dim
+    attention = args.dim * (args.dim + 2 * kv_dim) + args.dim * args.dim  # wq, wk, wv, wo
+    ffn = 3 * args.dim * args.ffn_dim
+    per_layer = attention + ffn + 2 * args.dim  # + two RMSNorm weights
+    non_embedding = args.n_layers * per_layer + args.dim + args.vocab_size * args.dim  # + norm, output
+    return 6 * non_embedding + 12 * args.n_layers * args.dim * seq_len

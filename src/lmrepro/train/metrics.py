@@ -1,0 +1,84 @@
+"""Training metrics: throughput, MFU, memory; written to metrics.jsonl, TensorBoard and the log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peak of one device, FLOP/s (datasheet numbers, as torchtitan uses for MFU).
+_PEAK_BF16_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "GH200": 989.5e12, "A100": 312e12, "MI250X": 191.5e12}
+
+
+def peak_flops_per_device(device: torch.device) -> float | None:
+    """Peak bf16 FLOP/s of the device, or None where unknown (CPU): MFU is then not reported."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in _PEAK_BF16_FLOPS.items():
+        if key in name:
+            return flops
+    return None
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak device memory allocated on CUDA; peak resident set size of the process elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
+
+
+class MetricsWriter:
+    """Rank 0 appends one JSON row per logged step; other ranks write nothing."""
+
+    def __init__(self, state_dir: Path, enabled: bool, tensorboard: bool, tags: dict):
+        self.enabled = enabled
+        self.tags = tags
+        self.path = state_dir / "metrics.jsonl"
+        self.rows: list[dict] = []
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(state_dir / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        row = {**row, **self.tags}
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for key, value in row.items():
+                if isinstance(value, int | float) and key != "step":
+                    self._tb.add_scalar(f"train/{key}", value, row["step"])
+        mfu = f" mfu {row['mfu']:.1%}" if row.get("mfu") is not None else ""
+        log.info(
+            "step %d  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tokens/s/device%s  mem %.2f GiB  data wait %.3f s",
+            row["step"], row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s_per_device"], mfu,
+            row["peak_memory_gib"], row["data_wait_s"],
+        )
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def segment_rows(path: Path, origin: str, first_step: int, last_step: int) -> list[dict]:
+    """The rows of one segment (by its origin checkpoint), last write of a step wins (retries rewrite)."""
+    rows: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("origin") == origin and first_step <= row["step"] <= last_step:
+                rows[row["step"]] = row
+    return [rows[s] for s in sorted(rows)]

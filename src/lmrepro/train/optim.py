@@ -1,0 +1,50 @@
+"""AdamW with weight decay on matrices only, and gradient clipping that works on DTensor gradients."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmrepro.config import OptimizerConfig
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """AdamW; norms (1-D weights) get no weight decay, as in Llama/OLMo training recipes."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    # foreach (not fused) works for DTensor params on every backend, CPU/gloo included.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> float:
+    """Clip the global gradient norm and return it as a float (before clipping).
+
+    Gradients may be DTensors on different meshes (FSDP×TP leaves norms on the dp mesh only), which a
+    single torch.nn.utils.clip_grad_norm_ call rejects; so norms are taken per mesh and combined.
+    """
+    grads_by_mesh: dict[object, list[nn.Parameter]] = {}
+    for p in parameters:
+        if p.grad is not None:
+            grads_by_mesh.setdefault(getattr(p.grad, "device_mesh", None), []).append(p)
+    norms = []
+    for params in grads_by_mesh.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    if not norms:
+        return 0.0
+    total = torch.stack([n.float() for n in norms]).square().sum().sqrt()
+    if max_norm > 0:
+        for params in grads_by_mesh.values():
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
+    return float(total)

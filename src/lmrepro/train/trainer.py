@@ -1,0 +1,321 @@
+"""The trainer: one segment of a run, from checkpoint step-P to checkpoint step-N.
+
+A run of S steps is trained in segments (one Snakemake job each). Within a segment the trainer saves
+rolling checkpoints into the undeclared state/ folder, so a killed or timed-out job that is retried
+resumes where it stopped; SIGTERM/SIGUSR1 (Slurm's wall-time warning) triggers a save and a non-zero
+exit. A rolling checkpoint is only resumed when it descends from the same start checkpoint under the
+same config, so stale state of an edited run is never picked up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from lmrepro.checkpoint import dcp
+from lmrepro.config import JobConfig, config_sha256, to_dict
+from lmrepro.data.loader import WindowLoader
+from lmrepro.data.shards import TokenStream
+from lmrepro.model.flavors import model_args, params_json
+from lmrepro.model.llama import Transformer, flops_per_token
+from lmrepro.train import metrics as metrics_lib
+from lmrepro.train.optim import build_optimizer, clip_grad_norm, set_lr
+from lmrepro.train.parallel import ParallelDims, build_mesh, dp_rank_and_size, parallelize, resolve_parallel_dims
+from lmrepro.train.schedule import lr_at
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 143  # non-zero so Snakemake/Slurm retry the job, which then resumes from state/
+
+
+def build_model(job: JobConfig, device: torch.device | str = "meta") -> Transformer:
+    args = model_args(job.model.flavor, job.model.vocab_size, **job.model.overrides)
+    if job.data.seq_len > args.max_seq_len:
+        raise ValueError(
+            f"data.seq_len = {job.data.seq_len} exceeds the model's max_seq_len = {args.max_seq_len} "
+            f"(flavor {job.model.flavor}); lower data.seq_len or set model.overrides.max_seq_len"
+        )
+    with torch.device(device):
+        return Transformer(args)
+
+
+def init_checkpoint(job: JobConfig, save_to: Path) -> dict:
+    """Write step-0: the seeded random initialisation, model only (a seed checkpoint).
+
+    Every segment, whatever its parallel layout, starts from a checkpoint, so the initial weights are
+    identical for 1 process, FSDP or TP runs of the same seed.
+    """
+    torch.manual_seed(job.training.seed)
+    model = build_model(job, "meta")
+    model.to_empty(device="cpu")
+    model.init_weights()
+    meta = {"step": 0, "tokens_seen": 0, "config_sha256": config_sha256(job), "origin": None, "run": job.run,
+            "model_args": params_json(model.args), "seq_len": job.data.seq_len}
+    data_state = {"samples_consumed": 0, "seed": job.data.seed, "seq_len": job.data.seq_len}
+    train_state = {"step": 0, "tokens_seen": 0, "data": data_state, "rng": torch.get_rng_state()}
+    return dcp.save(save_to, model, None, train_state, meta)
+
+
+class Trainer:
+    def __init__(self, job: JobConfig, resume_from: Path, save_to: Path, until_step: int):
+        self.job = job
+        self.run_dir = Path(job.run_dir)
+        self.state_dir = self.run_dir / "state"
+        self.rolling_dir = self.state_dir / "checkpoints"
+        self.save_to = save_to
+        self.until_step = until_step
+        self.start_meta = dcp.read_meta(resume_from)
+        self.start_step = self.start_meta["step"]
+        if not self.start_step < until_step <= job.training.steps:
+            raise ValueError(
+                f"segment {self.start_step} → {until_step} is not within the run's training.steps = "
+                f"{job.training.steps}"
+            )
+        self.config_sha = config_sha256(job)
+        self._stop_signal: int | None = None
+        self.step = self.tokens_seen = 0  # set from the checkpoint by _load
+        self._setup_distributed()
+        self._setup_model_and_data()
+        self._load(self._pick_start(resume_from))
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _setup_distributed(self) -> None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.device = torch.device("cpu")
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        if world > 1 and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            timeout = timedelta(seconds=int(os.environ.get("LMREPRO_PG_TIMEOUT_S", "600")))
+            dist.init_process_group(backend, timeout=timeout)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.dims: ParallelDims = resolve_parallel_dims(self.job.parallel, world)
+        self.mesh = build_mesh(self.dims, self.device.type)
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        log.warning("received signal %d: will checkpoint at the end of this step and exit", signum)
+        self._stop_signal = signum
+
+    def _setup_model_and_data(self) -> None:
+        job = self.job
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[job.training.dtype]
+        self.compute_dtype = dtype
+        self.model = build_model(job, "meta")
+        self.model_args = self.model.args
+        parallelize(self.model, self.dims, self.mesh, dtype)
+        self.model.to_empty(device=self.device)
+        self.model.init_weights()  # overwritten by the checkpoint; fills the non-persistent RoPE buffer
+        self.optimizer = build_optimizer(self.model, job.optimizer)
+
+        stream = TokenStream(job.data.train_index)
+        if stream.vocab_size > self.model_args.vocab_size:
+            raise ValueError(
+                f"{job.data.train_index}: shards have vocab_size {stream.vocab_size} but the model has "
+                f"model.vocab_size = {self.model_args.vocab_size}"
+            )
+        seq_len = job.data.seq_len
+        global_sequences = job.training.global_batch_tokens // seq_len
+        dp_rank, dp_size = dp_rank_and_size(self.dims)
+        if global_sequences % dp_size:
+            raise ValueError(
+                f"training.global_batch_tokens = {job.training.global_batch_tokens} is not divisible by "
+                f"data.seq_len × data-parallel ranks = {seq_len} × {dp_size}"
+            )
+        local_sequences = global_sequences // dp_size
+        micro = job.training.micro_batch_sequences or local_sequences
+        if local_sequences % micro:
+            raise ValueError(
+                f"training.micro_batch_sequences = {micro} does not divide the local batch of "
+                f"{local_sequences} sequences per rank"
+            )
+        self.micro_batch_sequences = micro
+        self.grad_accum_steps = local_sequences // micro
+        self.loader = WindowLoader(
+            stream,
+            seq_len=seq_len,
+            global_batch_sequences=global_sequences,
+            dp_rank=dp_rank,
+            dp_size=dp_size,
+            seed=job.data.seed,
+        )
+        self.flops_per_token = flops_per_token(self.model_args, seq_len)
+        self.peak_flops = metrics_lib.peak_flops_per_device(self.device)
+
+    def _pick_start(self, resume_from: Path) -> Path:
+        """The newest rolling checkpoint of this very segment, else the segment's start checkpoint."""
+        for step, path in reversed(dcp.rolling_checkpoints(self.rolling_dir)):
+            meta = dcp.read_meta(path)
+            same_lineage = (
+                meta.get("config_sha256") == self.config_sha
+                and meta.get("origin") == self.start_meta["checkpoint_id"]
+            )
+            if same_lineage and self.start_step < step <= self.until_step:
+                log.info("resuming from rolling checkpoint %s (step %d)", path, step)
+                return path
+        return resume_from
+
+    def _load(self, path: Path) -> None:
+        template = self._train_state()
+        dcp.load(path, self.model, self.optimizer, template)
+        self.step = int(template["step"])
+        self.tokens_seen = int(template["tokens_seen"])
+        self.loader.load_state_dict(template["data"])
+        torch.set_rng_state(template["rng"])
+        log.info("loaded %s at step %d (%d tokens seen)", path, self.step, self.tokens_seen)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def _train_state(self) -> dict:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "data": self.loader.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def _meta(self) -> dict:
+        return {
+            "run": self.job.run,
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "config_sha256": self.config_sha,
+            "origin": self.start_meta["checkpoint_id"],
+            "model_args": params_json(self.model_args),
+            "seq_len": self.job.data.seq_len,
+            "lr": lr_at(self.step, self.job.optimizer.lr, self.job.training.steps, self.job.schedule),
+            "parallel": {"world_size": self.dims.world_size, "dp_shard": self.dims.dp_shard,
+                         "dp_replicate": self.dims.dp_replicate, "tp": self.dims.tp},
+        }
+
+    def save_rolling(self) -> None:
+        started = time.monotonic()
+        dcp.save(self.rolling_dir / f"step-{self.step}", self.model, self.optimizer, self._train_state(), self._meta())
+        dcp.purge_old(self.rolling_dir, self.job.checkpoint.keep_latest_k)
+        log.info("rolling checkpoint at step %d saved in %.2f s", self.step, time.monotonic() - started)
+
+    def save_final(self) -> None:
+        rows = metrics_lib.segment_rows(
+            self.state_dir / "metrics.jsonl", self.start_meta["checkpoint_id"], self.start_step + 1, self.step
+        )
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        dcp.save(self.save_to, self.model, self.optimizer, self._train_state(), self._meta(),
+                 extra_files={"metrics.jsonl": text})
+        log.info("segment checkpoint %s saved", self.save_to)
+
+    # ---- training ------------------------------------------------------------------------------
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean token loss of one micro-batch, backpropagated with the accumulation scale."""
+        autocast = self.compute_dtype != torch.float32 and self.mesh is None
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
+            logits = self.model(inputs)  # [micro, seq, vocab]
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        (loss / self.grad_accum_steps).backward()
+        return loss.detach()
+
+    def train_step(self) -> dict:
+        self.step += 1
+        lr = lr_at(self.step, self.job.optimizer.lr, self.job.training.steps, self.job.schedule)
+        set_lr(self.optimizer, lr)
+        started = time.perf_counter()
+        inputs, targets = self.loader.next_batch()
+        data_wait_s = time.perf_counter() - started
+        loss_sum = torch.zeros((), device=self.device)
+        micro = self.micro_batch_sequences
+        for i in range(self.grad_accum_steps):
+            if self.mesh is not None:
+                self.model.set_requires_gradient_sync(i == self.grad_accum_steps - 1)
+            batch = slice(i * micro, (i + 1) * micro)
+            x = inputs[batch].to(self.device, non_blocking=True)
+            y = targets[batch].to(self.device, non_blocking=True)
+            loss_sum += self.forward_backward(x, y)
+        grad_norm = clip_grad_norm(list(self.model.parameters()), self.job.optimizer.grad_clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = loss_sum / self.grad_accum_steps
+        if dist.is_initialized():
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+        self.tokens_seen += self.job.training.global_batch_tokens
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return {"loss": float(loss), "lr": lr, "grad_norm": grad_norm, "data_wait_s": data_wait_s}
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor([1 if self._stop_signal else 0], device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def describe(self) -> None:
+        job, dims = self.job, self.dims
+        tokens_per_step = job.training.global_batch_tokens
+        log.info(
+            "model %s: %.2fM parameters (%.2fM non-embedding), %.3g FLOPs/token (6N + 12·L·d·seq)",
+            job.model.flavor, self.model.num_params() / 1e6,
+            self.model.num_params(exclude_embeddings=True) / 1e6, self.flops_per_token,
+        )
+        log.info(
+            "world %d = dp_replicate %d × dp_shard %d × tp %d on %s; micro-batch %d sequences × seq %d, "
+            "gradient accumulation %d; %d tokens/step; segment steps %d → %d of %d; run total %d tokens",
+            dims.world_size, dims.dp_replicate, dims.dp_shard, dims.tp, self.device.type,
+            self.micro_batch_sequences, job.data.seq_len, self.grad_accum_steps, tokens_per_step,
+            self.step, self.until_step, job.training.steps, tokens_per_step * job.training.steps,
+        )
+
+    def train(self) -> int:
+        job = self.job
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        writer = metrics_lib.MetricsWriter(
+            self.state_dir, enabled=self.rank == 0, tensorboard=job.metrics.tensorboard,
+            tags={"origin": self.start_meta["checkpoint_id"], "config_sha256": self.config_sha},
+        )
+        self.describe()
+        window_start, window_tokens = time.perf_counter(), 0
+        try:
+            while self.step < self.until_step:
+                out = self.train_step()
+                window_tokens += job.training.global_batch_tokens
+                if self.step % job.metrics.log_every_steps == 0 or self.step == self.until_step:
+                    elapsed = time.perf_counter() - window_start
+                    per_device = window_tokens / elapsed / self.dims.world_size
+                    mfu = per_device * self.flops_per_token / self.peak_flops if self.peak_flops else None
+                    if not math.isfinite(out["loss"]):
+                        raise FloatingPointError(f"loss is {out['loss']} at step {self.step}")
+                    writer.write({
+                        "step": self.step, "tokens_seen": self.tokens_seen, **out,
+                        "tokens_per_s": window_tokens / elapsed, "tokens_per_s_per_device": per_device,
+                        "tflops_per_device": per_device * self.flops_per_token / 1e12, "mfu": mfu,
+                        "peak_memory_gib": metrics_lib.peak_memory_gib(self.device),
+                    })
+                    window_start, window_tokens = time.perf_counter(), 0
+                if self.step == self.until_step:
+                    break
+                if self._stop_requested():
+                    self.save_rolling()
+                    log.warning("stopping at step %d after a signal; a retry resumes from state/", self.step)
+                    return EXIT_PREEMPTED
+                if self.step % job.checkpoint.interval_steps == 0:
+                    self.save_rolling()
+            self.save_final()
+            return 0
+        finally:
+            writer.close()
+
+
+def run_segment(job: JobConfig, resume_from: Path, save_to: Path, until_step: int) -> int:
+    trainer = Trainer(job, resume_from, save_to, until_step)
+    if trainer.rank == 0:
+        (trainer.state_dir).mkdir(parents=True, exist_ok=True)
+        (trainer.state_dir / "train.resolved.json").write_text(json.dumps(to_dict(job), indent=2) + "\n")
+    return trainer.train()

@@ -1,0 +1,186 @@
+"""lmrepro.report: loading metrics/evaluations, summary.csv values, and that every figure is written."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lmrepro.report.plots import PLOT_NAMES, plot_eval_accuracy, plot_loss, write_report
+from lmrepro.report.summary import load_evals, load_metrics, summary_table
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _row(step: int, loss: float, **extra) -> dict:
+    return {
+        "step": step,
+        "tokens_seen": step * 1000,
+        "loss": loss,
+        "lr": 1e-3 * step / 10,
+        "grad_norm": 1.0,
+        "tokens_per_s": 4000.0,
+        "tokens_per_s_per_device": 2000.0 + step,
+        "mfu": None,
+        "peak_memory_gib": None,
+        "data_wait_s": 0.01,
+        **extra,
+    }
+
+
+def _eval(root: Path, run: str, step: int, task: str, kind: str, metrics: dict) -> Path:
+    path = root / f"{run}-{step}-{task}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "run": run,
+                "step": step,
+                "tokens_seen": step * 1000,
+                "task": task,
+                "kind": kind,
+                "metrics": metrics,
+                "provenance": {"ignored": True},
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    # Run "a" has two segments; steps 10 and 20 appear in both and the second segment's rows must win.
+    seg1 = _jsonl(tmp_path / "a1.jsonl", [_row(s, 5.0 - s / 10, origin="x") for s in (1, 5, 10, 20)])
+    seg2 = _jsonl(tmp_path / "a2.jsonl", [_row(10, 4.25), _row(20, 3.5), _row(30, 3.0)])
+    # Run "b": one segment, a row missing optional keys, and a blank line.
+    b = tmp_path / "b.jsonl"
+    b.write_text(json.dumps(_row(10, 4.75)) + "\n\n" + json.dumps({"step": 20, "loss": 4.0}) + "\n")
+    evals = []
+    for run in ("a", "b"):
+        for step in (0, 10, 20):
+            evals.append(
+                _eval(
+                    tmp_path,
+                    run,
+                    step,
+                    "heldout",
+                    "loss",
+                    {"loss": 6.0 - step / 10, "perplexity": math.exp(6.0 - step / 10)},
+                )
+            )
+            evals.append(
+                _eval(
+                    tmp_path,
+                    run,
+                    step,
+                    "synthetic_mc",
+                    "multiple_choice",
+                    {"acc": 0.25 + step / 100, "acc_stderr": 0.05, "acc_norm": 0.3, "acc_norm_stderr": "N/A"},
+                )
+            )
+    return {"a": [seg1, seg2], "b": [b]}, evals
+
+
+def test_load_metrics_last_row_wins(inputs) -> None:
+    metrics_by_run, _ = inputs
+    df = load_metrics(metrics_by_run)
+    a = df[df["run"] == "a"].set_index("step")
+    assert list(a.index) == [1, 5, 10, 20, 30]
+    assert a.loc[10, "loss"] == 4.25 and a.loc[20, "loss"] == 3.5
+    b = df[df["run"] == "b"].set_index("step")
+    assert list(b.index) == [10, 20] and math.isnan(b.loc[20, "lr"]) and b.loc[20, "loss"] == 4.0
+    assert df["mfu"].isna().all()
+    assert "origin" not in df.columns
+    assert set(load_metrics([metrics_by_run["b"][0]])["run"]) == {"default"}
+
+
+def test_load_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        load_metrics({"a": [tmp_path / "missing.jsonl"]})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(_row(1, 1.0)) + "\n" + '{"step": 2, "loss"')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+        load_metrics({"a": [bad]})
+    nostep = _jsonl(tmp_path / "nostep.jsonl", [{"loss": 1.0}])
+    with pytest.raises(ValueError, match=r"nostep\.jsonl:1.*'step'"):
+        load_metrics({"a": [nostep]})
+    ev = tmp_path / "ev.json"
+    ev.write_text(json.dumps({"run": "a", "step": 1, "task": "t", "kind": "loss"}))
+    with pytest.raises(ValueError, match=r"ev\.json.*'metrics'"):
+        load_evals([ev])
+
+
+def test_summary_table_values(inputs) -> None:
+    metrics_by_run, evals = inputs
+    table = summary_table(load_evals(evals), load_metrics(metrics_by_run))
+    assert list(table[["run", "step"]].itertuples(index=False, name=None)) == [
+        ("a", 0),
+        ("a", 10),
+        ("a", 20),
+        ("b", 0),
+        ("b", 10),
+        ("b", 20),
+    ]
+    assert list(table.columns[:4]) == ["run", "step", "tokens_seen", "train_loss"]
+    assert list(table.columns[4:]) == [
+        "heldout/loss",
+        "heldout/perplexity",
+        "synthetic_mc/acc",
+        "synthetic_mc/acc_stderr",
+        "synthetic_mc/acc_norm",
+        "synthetic_mc/acc_norm_stderr",
+    ]
+    row = table.set_index(["run", "step"])
+    assert row.loc[("a", 10), "train_loss"] == 4.25  # the second segment's row, not 4.0
+    assert row.loc[("a", 20), "train_loss"] == 3.5
+    assert math.isnan(row.loc[("a", 0), "train_loss"])  # step 0 is never a logged training step
+    assert row.loc[("b", 20), "train_loss"] == 4.0
+    assert row.loc[("b", 20), "tokens_seen"] == 20_000
+    assert row.loc[("a", 20), "synthetic_mc/acc"] == pytest.approx(0.45)
+    assert row.loc[("a", 10), "heldout/perplexity"] == math.exp(5.0)
+    assert row["synthetic_mc/acc_norm_stderr"].isna().all()  # "N/A" from lm-eval
+
+
+def test_write_report_files_and_csv(inputs, tmp_path: Path) -> None:
+    metrics_by_run, evals = inputs
+    out = tmp_path / "report"
+    written = write_report(metrics_by_run, evals, out)
+    expected = {"summary.csv"} | {f"{name}.{ext}" for name in PLOT_NAMES for ext in ("png", "svg")}
+    assert set(written) == expected
+    for name, path in written.items():
+        assert path == out / name and path.stat().st_size > 0
+    for name in PLOT_NAMES:
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE
+        assert b"<svg" in (out / f"{name}.svg").read_bytes()[:2000]
+    csv = pd.read_csv(out / "summary.csv")
+    assert len(csv) == 6 and not csv.duplicated(["run", "step"]).any()
+    a10 = csv[(csv["run"] == "a") & (csv["step"] == 10)].iloc[0]
+    assert a10["train_loss"] == 4.25 and a10["heldout/loss"] == 5.0 and a10["synthetic_mc/acc"] == 0.35
+    # Same inputs, same bytes: Snakemake reruns and report diffs stay quiet.
+    first = {n: p.read_bytes() for n, p in written.items()}
+    again = write_report(metrics_by_run, evals, out)
+    assert {n: p.read_bytes() for n, p in again.items()} == first
+
+
+def test_no_data_does_not_crash(tmp_path: Path) -> None:
+    written = write_report({}, [], tmp_path / "empty")
+    assert all(p.stat().st_size > 0 for p in written.values())
+    assert (tmp_path / "empty" / "loss.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert list(pd.read_csv(tmp_path / "empty" / "summary.csv").columns) == [
+        "run",
+        "step",
+        "tokens_seen",
+        "train_loss",
+    ]
+    # Metrics but no evaluations, and evaluations of only one kind.
+    metrics = load_metrics({"a": [_jsonl(tmp_path / "m.jsonl", [_row(1, 2.0)])]})
+    loss_only = load_evals([_eval(tmp_path, "a", 1, "heldout", "loss", {"loss": 2.0, "perplexity": 7.4})])
+    assert len(plot_loss(metrics, load_evals([]), tmp_path / "loss_no_evals")) == 2
+    assert len(plot_eval_accuracy(loss_only, tmp_path / "acc_none", chance=0.5)) == 2

@@ -1,0 +1,40 @@
+rule eval_loss:
+    """Held-out next-token loss and perplexity of our model, read straight from the DCP checkpoint."""
+    input:
+        checkpoint="results/runs/{run}/checkpoints/step-{step}",
+        shards=loss_eval_shards,
+    output:
+        result="results/runs/{run}/eval/step-{step}/{task}.json",
+    wildcard_constraints:
+        task=tasks_of_kind("loss"),
+    params:
+        max_tokens=eval_max_tokens,
+    log:
+        "results/logs/eval/{run}/step-{step}/{task}.log",
+    benchmark:
+        "results/benchmarks/eval/{run}/step-{step}/{task}.tsv"
+    shell:
+        "python workflow/scripts/eval_loss.py --checkpoint {input.checkpoint} --index {input.shards}/index.json "
+        "--task {wildcards.task} --max-tokens {params.max_tokens} --out {output.result} > {log} 2>&1"
+
+
+rule eval_multiple_choice:
+    """A HellaSwag-format multiple-choice set scored by lm-eval on the exported Hugging Face model."""
+    input:
+        export="results/runs/{run}/export/step-{step}",
+        raw=mc_eval_raw,
+    output:
+        result="results/runs/{run}/eval/step-{step}/{task}.json",
+    wildcard_constraints:
+        task=tasks_of_kind("multiple_choice"),
+    params:
+        file=mc_eval_file,
+        limit=mc_eval_limit,
+    log:
+        "results/logs/eval/{run}/step-{step}/{task}.log",
+    benchmark:
+        "results/benchmarks/eval/{run}/step-{step}/{task}.tsv"
+    shell:
+        "python workflow/scripts/eval_multiple_choice.py --export {input.export} "
+        "--jsonl {input.raw}/{params.file} --task {wildcards.task} {params.limit} --out {output.result} "
+        "> {log} 2>&1"

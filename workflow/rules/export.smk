@@ -1,0 +1,16 @@
+rule export_checkpoint:
+    """A checkpoint's model weights as consolidated.pth + params.json and a Hugging Face folder hf/."""
+    input:
+        checkpoint="results/runs/{run}/checkpoints/step-{step}",
+        tokenizer=run_tokenizer_file,
+    output:
+        export=directory("results/runs/{run}/export/step-{step}"),
+    params:
+        dtype=run_export_dtype,
+    log:
+        "results/logs/export_checkpoint/{run}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/export_checkpoint/{run}/step-{step}.tsv"
+    shell:
+        "python workflow/scripts/export_checkpoint.py --checkpoint {input.checkpoint} "
+        "--tokenizer $(dirname {input.tokenizer}) --dtype {params.dtype} --out {output.export} > {log} 2>&1"

@@ -1,0 +1,56 @@
+rule render_train_config:
+    """The run's fully resolved trainer config: preset < run overrides < workflow-fixed values."""
+    input:
+        preset=run_preset,
+        tokenizer=run_tokenizer_file,
+        shards=run_train_shards,
+    output:
+        config="results/runs/{run}/train.toml",
+    params:
+        settings=render_settings,
+    log:
+        "results/logs/render_train_config/{run}.log",
+    shell:
+        "python workflow/scripts/render_train_config.py --run {wildcards.run} --settings {params.settings:q} "
+        "--tokenizer {input.tokenizer} --train-index {input.shards}/index.json --out {output.config} "
+        "> {log} 2>&1"
+
+
+rule init_checkpoint:
+    """step-0: the seeded random initialisation (model only), shared by every parallel layout."""
+    input:
+        config="results/runs/{run}/train.toml",
+    output:
+        checkpoint=directory("results/runs/{run}/checkpoints/step-0"),
+    log:
+        "results/logs/init_checkpoint/{run}.log",
+    shell:
+        "python workflow/scripts/init_checkpoint.py --config {input.config} --save-to {output.checkpoint} "
+        "> {log} 2>&1"
+
+
+rule train_segment:
+    """One segment: resume from the previous segment's checkpoint, train to step N, save step-N.
+
+    Rolling checkpoints and metrics live in the undeclared state/ folder, so a retried job resumes.
+    """
+    input:
+        config="results/runs/{run}/train.toml",
+        start=previous_checkpoint,
+    output:
+        checkpoint=directory("results/runs/{run}/checkpoints/step-{step}"),
+    wildcard_constraints:
+        step=r"[1-9]\d*",
+    params:
+        launcher=train_launcher,
+    threads: 2
+    resources:
+        train_procs_per_node=1,
+    retries: 1
+    log:
+        "results/logs/train_segment/{run}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/train_segment/{run}/step-{step}.tsv"
+    shell:
+        "{params.launcher} workflow/scripts/train.py --config {input.config} --resume-from {input.start} "
+        "--save-to {output.checkpoint} --until-step {wildcards.step} >> {log} 2>&1"

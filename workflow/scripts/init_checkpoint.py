@@ -1,0 +1,21 @@
+"""Write a run's step-0 checkpoint: the seeded random initialisation (model only, DCP)."""
+
+import argparse
+from pathlib import Path
+
+from lmrepro.cli import run_main
+from lmrepro.config import load_job_config
+from lmrepro.train.trainer import init_checkpoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="results/runs/{run}/train.toml")
+    parser.add_argument("--save-to", required=True, help="results/runs/{run}/checkpoints/step-0")
+    args = parser.parse_args()
+    meta = init_checkpoint(load_job_config(args.config), Path(args.save_to))
+    print(f"wrote {args.save_to} ({meta['checkpoint_id']})")
+
+
+if __name__ == "__main__":
+    run_main(main)
