@@ -1,6 +1,14 @@
 # lmrepro: LLM pretraining reproduced end to end. `snakemake --cores all all` runs the embedded default;
 # `snakemake --profile profiles/slurm all` runs on a cluster. See README.md and config/README.md.
+import os
+import sys
+
 from snakemake.utils import min_version, validate
+
+# Jobs and this Snakefile use the lmrepro package of this checkout, whatever is installed elsewhere.
+_SRC = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, _SRC)
+shell.prefix(f'export PYTHONPATH="{_SRC}:$PYTHONPATH"; ')
 
 min_version("9.0")
 
@@ -20,6 +28,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         report_outputs(),
-    default_target: True

@@ -245,6 +245,17 @@ def config_sha256(job: JobConfig) -> str:
     return hashlib.sha256(dump_toml(job).encode()).hexdigest()
 
 
+def _reject_fixed_keys(overrides: dict[str, Any], fixed: dict[str, Any], prefix: str = "") -> None:
+    """A key the workflow sets itself (paths, vocab size, steps) would be silently ignored: refuse it."""
+    for key, value in overrides.items():
+        if key not in fixed:
+            continue
+        if isinstance(value, dict) and isinstance(fixed[key], dict):
+            _reject_fixed_keys(value, fixed[key], f"{prefix}{key}.")
+        else:
+            raise ValueError(f"{prefix}{key} is set by the workflow, not by a run's overrides")
+
+
 def render_job_config(preset: str | Path, overrides: dict[str, Any], fixed: dict[str, Any]) -> JobConfig:
     """A run's JobConfig: trainer preset TOML < run overrides < values the workflow fixes (paths, vocab).
 
@@ -254,13 +265,17 @@ def render_job_config(preset: str | Path, overrides: dict[str, Any], fixed: dict
     if not preset.is_file():
         raise FileNotFoundError(f"trainer preset {preset} does not exist")
     with preset.open("rb") as f:
-        base = tomllib.load(f)
+        try:
+            base = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{preset}: not valid TOML: {e}") from e
     try:
         from_dict(JobConfig, base)
     except ValueError as e:
         raise ValueError(f"{preset}: {e}") from None
     try:
         from_dict(JobConfig, overrides)
+        _reject_fixed_keys(overrides, fixed)
     except ValueError as e:
         raise ValueError(f"overrides: {e}") from None
     job = from_dict(JobConfig, merge(merge(base, overrides), fixed))

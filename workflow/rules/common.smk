@@ -17,6 +17,9 @@ wildcard_constraints:
 
 check_config(config)
 
+# One software environment for every rule (`--software-deployment-method conda`); it mirrors pyproject.
+LMREPRO_ENV = "../../envs/lmrepro.yaml"
+
 
 def run_settings(run):
     return config["runs"][run]
@@ -98,7 +101,9 @@ def run_export_dtype(wildcards):
 
 
 def tasks_of_kind(kind):
-    names = [name for name, spec in config.get("evals", {}).items() if spec["kind"] == kind]
+    names = [
+        name for name, spec in config.get("evals", {}).items() if spec["kind"] == kind
+    ]
     return "|".join(names) if names else "(?!x)x"
 
 
@@ -126,7 +131,9 @@ REPORT_PLOTS = ["loss", "learning_rate", "throughput", "eval_accuracy"]
 
 
 def report_outputs():
-    return ["results/report/summary.csv"] + [f"results/report/{name}.png" for name in REPORT_PLOTS]
+    return ["results/report/summary.csv"] + [
+        f"results/report/{name}.png" for name in REPORT_PLOTS
+    ]
 
 
 def dataset_spec(wildcards):
@@ -142,4 +149,6 @@ def run_preset(wildcards):
 
 
 def run_tokenizer_file(wildcards):
-    return f"results/tokenizers/{run_settings(wildcards.run)['tokenizer']}/tokenizer.json"
+    return (
+        f"results/tokenizers/{run_settings(wildcards.run)['tokenizer']}/tokenizer.json"
+    )

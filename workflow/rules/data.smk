@@ -2,10 +2,12 @@ rule prepare_dataset:
     """Raw documents of one dataset: generated (synthetic) or copied from local files, + manifest.json."""
     output:
         raw=directory("results/data/{dataset}/raw"),
-    params:
-        spec=dataset_spec,
     log:
         "results/logs/prepare_dataset/{dataset}.log",
+    conda:
+        LMREPRO_ENV
+    params:
+        spec=dataset_spec,
     shell:
         "python workflow/scripts/prepare_dataset.py --spec {params.spec:q} --out {output.raw} > {log} 2>&1"
 
@@ -16,12 +18,14 @@ rule train_tokenizer:
         raw=tokenizer_train_raw,
     output:
         tokenizer="results/tokenizers/{tokenizer}/tokenizer.json",
-    params:
-        vocab_size=tokenizer_vocab_size,
     log:
         "results/logs/train_tokenizer/{tokenizer}.log",
     benchmark:
         "results/benchmarks/train_tokenizer/{tokenizer}.tsv"
+    conda:
+        LMREPRO_ENV
+    params:
+        vocab_size=tokenizer_vocab_size,
     shell:
         "python workflow/scripts/train_tokenizer.py --train {input.raw}/train.jsonl "
         "--vocab-size {params.vocab_size} --out $(dirname {output.tokenizer}) > {log} 2>&1"
@@ -38,6 +42,8 @@ rule tokenize:
         "results/logs/tokenize/{dataset}/{tokenizer}/{split}.log",
     benchmark:
         "results/benchmarks/tokenize/{dataset}/{tokenizer}/{split}.tsv"
+    conda:
+        LMREPRO_ENV
     shell:
         "python workflow/scripts/tokenize_split.py --input {input.raw}/{wildcards.split}.jsonl "
         "--tokenizer $(dirname {input.tokenizer}) --out {output.shards} > {log} 2>&1"

@@ -5,14 +5,16 @@ rule eval_loss:
         shards=loss_eval_shards,
     output:
         result="results/runs/{run}/eval/step-{step}/{task}.json",
-    wildcard_constraints:
-        task=tasks_of_kind("loss"),
-    params:
-        max_tokens=eval_max_tokens,
     log:
         "results/logs/eval/{run}/step-{step}/{task}.log",
     benchmark:
         "results/benchmarks/eval/{run}/step-{step}/{task}.tsv"
+    wildcard_constraints:
+        task=tasks_of_kind("loss"),
+    conda:
+        LMREPRO_ENV
+    params:
+        max_tokens=eval_max_tokens,
     shell:
         "python workflow/scripts/eval_loss.py --checkpoint {input.checkpoint} --index {input.shards}/index.json "
         "--task {wildcards.task} --max-tokens {params.max_tokens} --out {output.result} > {log} 2>&1"
@@ -25,15 +27,17 @@ rule eval_multiple_choice:
         raw=mc_eval_raw,
     output:
         result="results/runs/{run}/eval/step-{step}/{task}.json",
-    wildcard_constraints:
-        task=tasks_of_kind("multiple_choice"),
-    params:
-        file=mc_eval_file,
-        limit=mc_eval_limit,
     log:
         "results/logs/eval/{run}/step-{step}/{task}.log",
     benchmark:
         "results/benchmarks/eval/{run}/step-{step}/{task}.tsv"
+    wildcard_constraints:
+        task=tasks_of_kind("multiple_choice"),
+    conda:
+        LMREPRO_ENV
+    params:
+        file=mc_eval_file,
+        limit=mc_eval_limit,
     shell:
         "python workflow/scripts/eval_multiple_choice.py --export {input.export} "
         "--jsonl {input.raw}/{params.file} --task {wildcards.task} {params.limit} --out {output.result} "

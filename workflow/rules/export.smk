@@ -5,12 +5,14 @@ rule export_checkpoint:
         tokenizer=run_tokenizer_file,
     output:
         export=directory("results/runs/{run}/export/step-{step}"),
-    params:
-        dtype=run_export_dtype,
     log:
         "results/logs/export_checkpoint/{run}/step-{step}.log",
     benchmark:
         "results/benchmarks/export_checkpoint/{run}/step-{step}.tsv"
+    conda:
+        LMREPRO_ENV
+    params:
+        dtype=run_export_dtype,
     shell:
         "python workflow/scripts/export_checkpoint.py --checkpoint {input.checkpoint} "
         "--tokenizer $(dirname {input.tokenizer}) --dtype {params.dtype} --out {output.export} > {log} 2>&1"

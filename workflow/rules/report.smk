@@ -9,7 +9,11 @@ rule report:
             caption="../report/summary.rst",
             category="Summary",
         ),
-        loss=report("results/report/loss.png", caption="../report/loss.rst", category="Training"),
+        loss=report(
+            "results/report/loss.png",
+            caption="../report/loss.rst",
+            category="Training",
+        ),
         learning_rate=report(
             "results/report/learning_rate.png",
             caption="../report/learning_rate.rst",
@@ -27,6 +31,8 @@ rule report:
         ),
     log:
         "results/logs/report.log",
+    conda:
+        LMREPRO_ENV
     shell:
         "python workflow/scripts/report.py --evals {input.evals} --checkpoints {input.checkpoints} "
         "--out $(dirname {output.summary}) > {log} 2>&1"

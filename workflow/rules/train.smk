@@ -6,10 +6,12 @@ rule render_train_config:
         shards=run_train_shards,
     output:
         config="results/runs/{run}/train.toml",
-    params:
-        settings=render_settings,
     log:
         "results/logs/render_train_config/{run}.log",
+    conda:
+        LMREPRO_ENV
+    params:
+        settings=render_settings,
     shell:
         "python workflow/scripts/render_train_config.py --run {wildcards.run} --settings {params.settings:q} "
         "--tokenizer {input.tokenizer} --train-index {input.shards}/index.json --out {output.config} "
@@ -24,6 +26,8 @@ rule init_checkpoint:
         checkpoint=directory("results/runs/{run}/checkpoints/step-0"),
     log:
         "results/logs/init_checkpoint/{run}.log",
+    conda:
+        LMREPRO_ENV
     shell:
         "python workflow/scripts/init_checkpoint.py --config {input.config} --save-to {output.checkpoint} "
         "> {log} 2>&1"
@@ -39,18 +43,20 @@ rule train_segment:
         start=previous_checkpoint,
     output:
         checkpoint=directory("results/runs/{run}/checkpoints/step-{step}"),
-    wildcard_constraints:
-        step=r"[1-9]\d*",
-    params:
-        launcher=train_launcher,
-    threads: 2
-    resources:
-        train_procs_per_node=1,
-    retries: 1
     log:
         "results/logs/train_segment/{run}/step-{step}.log",
     benchmark:
         "results/benchmarks/train_segment/{run}/step-{step}.tsv"
+    wildcard_constraints:
+        step=r"[1-9]\d*",
+    retries: 1
+    conda:
+        LMREPRO_ENV
+    threads: 2
+    resources:
+        train_procs_per_node=1,
+    params:
+        launcher=train_launcher,
     shell:
         "{params.launcher} workflow/scripts/train.py --config {input.config} --resume-from {input.start} "
         "--save-to {output.checkpoint} --until-step {wildcards.step} >> {log} 2>&1"

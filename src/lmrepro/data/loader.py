@@ -26,6 +26,8 @@ class WindowLoader:
         dp_size: int = 1,
         seed: int = 0,
     ):
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank {dp_rank} is not in [0, {dp_size})")
         if global_batch_sequences % dp_size:
             raise ValueError(
                 f"global batch of {global_batch_sequences} sequences does not split over {dp_size} "

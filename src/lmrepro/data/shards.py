@@ -57,11 +57,13 @@ def write_shard(path: str | Path, tokens: np.ndarray, *, vocab_size: int, num_do
     path = Path(path)
     dtype = dtype_for_vocab(vocab_size)
     tokens = np.asarray(tokens)
-    if tokens.size and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
-        raise ValueError(
-            f"{path}: token id {int(tokens.max())} out of range for vocab_size {vocab_size} "
-            f"(ids must be in [0, {vocab_size}))"
-        )
+    if tokens.size:
+        low, high = int(tokens.min()), int(tokens.max())
+        if high >= vocab_size or low < 0:
+            bad = high if high >= vocab_size else low
+            raise ValueError(
+                f"{path}: token id {bad} out of range for vocab_size {vocab_size} (ids must be in [0, {vocab_size}))"
+            )
     code = dtype.itemsize * 8
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, code, tokens.size, vocab_size, num_documents)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -79,8 +81,10 @@ def read_header(path: str | Path) -> ShardHeader:
         raise FileNotFoundError(f"token shard {path} does not exist")
     with path.open("rb") as f:
         raw = f.read(HEADER_BYTES)
-    if len(raw) < HEADER_BYTES or raw[:8] != MAGIC:
+    if raw[:8] != MAGIC:
         raise ValueError(f"{path} is not an lmrepro token shard (bad magic {raw[:8]!r}, expected {MAGIC!r})")
+    if len(raw) < HEADER_BYTES:
+        raise ValueError(f"{path}: header is truncated ({len(raw)} of {HEADER_BYTES} bytes)")
     _, version, code, num_tokens, vocab_size, num_documents = _HEADER.unpack(raw[: _HEADER.size])
     if version != FORMAT_VERSION:
         raise ValueError(f"{path}: shard format version {version}; this lmrepro reads {FORMAT_VERSION}")

@@ -1,0 +1,123 @@
+"""The whole workflow on a small test config in a temporary directory, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def _config() -> dict:
+    run = {"preset": "config/train/debug.toml", "dataset": "synthetic", "tokenizer": "bpe", "steps": 20,
+           "segment_steps": 10, "evals": ["heldout", "mc"],
+           "overrides": {"model": {"overrides": {"dim": 64, "n_layers": 2, "ffn_dim": 128}},
+                         "data": {"seq_len": 32}, "training": {"global_batch_tokens": 512},
+                         "checkpoint": {"interval_steps": 5}, "optimizer": {"lr": 0.003}}}
+    return {
+        "datasets": {"synthetic": {"source": "synthetic", "seed": 3, "num_train_documents": 800,
+                                   "num_heldout_documents": 60, "num_mc_examples": 16}},
+        "tokenizers": {"bpe": {"kind": "bpe", "dataset": "synthetic", "vocab_size": 300}},
+        "evals": {"heldout": {"kind": "loss", "dataset": "synthetic", "split": "heldout", "max_tokens": 2048},
+                  "mc": {"kind": "multiple_choice", "dataset": "synthetic", "file": "mc.jsonl"}},
+        "runs": {"a": run, "b": json.loads(json.dumps(run))},
+    }
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
+    """(rule, wildcards) of each job a dry run plans."""
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:.*\n)*?(?:    wildcards: (.*)\n)?    (?:resources|jobid)",
+                      result.stdout, flags=re.M)
+    return [(rule, wc) for rule, wc in jobs if rule != "all"]
+
+
+def results_snapshot(workdir: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in (workdir / "results").rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_workflow(tmp_path_factory):
+    from conftest import REPO
+
+    workdir = tmp_path_factory.mktemp("workflow")
+    for name in ("Snakefile", "workflow", "config"):
+        src = REPO / name
+        (subprocess.run(["cp", "-r", str(src), str(workdir / name)], check=True))
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(_config()))
+    result = snakemake(workdir, "all")
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir
+
+
+def test_pipeline_outputs(finished_workflow):
+    results = finished_workflow / "results"
+    for run in ("a", "b"):
+        for step in (0, 10, 20):
+            assert (results / f"runs/{run}/checkpoints/step-{step}/meta.json").is_file()
+            hf = results / f"runs/{run}/export/step-{step}/hf"
+            assert (hf / "config.json").is_file() and (hf / "model.safetensors").is_file()
+            assert (hf / "tokenizer.json").is_file()
+            loss = json.loads((results / f"runs/{run}/eval/step-{step}/heldout.json").read_text())
+            mc = json.loads((results / f"runs/{run}/eval/step-{step}/mc.json").read_text())
+            assert (loss["run"], loss["step"], loss["kind"]) == (run, step, "loss")
+            assert mc["num_examples"] == 16 and 0.0 <= mc["metrics"]["acc"] <= 1.0
+        first = json.loads((results / f"runs/{run}/eval/step-0/heldout.json").read_text())["metrics"]["loss"]
+        last = json.loads((results / f"runs/{run}/eval/step-20/heldout.json").read_text())["metrics"]["loss"]
+        assert last < 0.8 * first  # it learned something in 20 steps
+    for name in ("summary.csv", "loss.png", "learning_rate.png", "throughput.png", "eval_accuracy.png"):
+        assert (results / "report" / name).stat().st_size > 0
+    summary = (results / "report" / "summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + 2 * 3  # header + (2 runs × 3 evaluated steps)
+    # Segment metrics are complete: every step of the run logged once, across both segments.
+    steps = []
+    for step in (10, 20):
+        rows = (results / f"runs/a/checkpoints/step-{step}/metrics.jsonl").read_text().splitlines()
+        steps += [json.loads(r)["step"] for r in rows]
+    assert steps == list(range(1, 21))
+
+
+def test_nothing_to_do_after_a_finished_run(finished_workflow):
+    result = snakemake(finished_workflow, "-n", "all")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_deleted_eval_reruns_only_that_job(finished_workflow):
+    target = "results/runs/a/eval/step-10/mc.json"
+    (finished_workflow / target).unlink()
+    dry = snakemake(finished_workflow, "-n", target)
+    assert planned_jobs(dry) == [("eval_multiple_choice", "run=a, step=10, task=mc")], dry.stdout
+    result = snakemake(finished_workflow, target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (finished_workflow / target).is_file()
+
+
+def test_editing_a_runs_learning_rate_reruns_that_run_only(finished_workflow):
+    config = yaml.safe_load((finished_workflow / "config/config.yaml").read_text())
+    config["runs"]["b"]["overrides"]["optimizer"]["lr"] = 0.002
+    (finished_workflow / "config/config.yaml").write_text(yaml.safe_dump(config))
+    dry = snakemake(finished_workflow, "-n", "all")
+    jobs = planned_jobs(dry)
+    rules = {rule for rule, _ in jobs}
+    assert {"render_train_config", "init_checkpoint", "train_segment", "export_checkpoint"} <= rules
+    assert "report" in rules
+    for rule, wildcards in jobs:
+        if rule != "report":
+            assert "run=b" in wildcards, (rule, wildcards)
+    assert not rules & {"prepare_dataset", "train_tokenizer", "tokenize"}
