@@ -22,14 +22,24 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     from lmrepro.data.tokenizer import train_bpe
 
     root = tmp_path_factory.mktemp("tiny_data")
-    spec = {"source": "synthetic", "seed": 7, "num_train_documents": 1500, "num_heldout_documents": 100,
-            "num_mc_examples": 24}
+    spec = {
+        "source": "synthetic",
+        "seed": 7,
+        "num_train_documents": 1500,
+        "num_heldout_documents": 100,
+        "num_mc_examples": 24,
+    }
     prepare_dataset(spec, root / "raw")
     train_bpe([root / "raw" / "train.jsonl"], 300, root / "tokenizer")
     for split in ("train", "heldout"):
         tokenize_to_shards([root / "raw" / f"{split}.jsonl"], root / "tokenizer", root / split)
-    return {"root": root, "raw": root / "raw", "tokenizer": root / "tokenizer",
-            "train_index": root / "train" / "index.json", "heldout_index": root / "heldout" / "index.json"}
+    return {
+        "root": root,
+        "raw": root / "raw",
+        "tokenizer": root / "tokenizer",
+        "train_index": root / "train" / "index.json",
+        "heldout_index": root / "heldout" / "index.json",
+    }
 
 
 def write_train_toml(path: Path, run_dir: Path, train_index: Path, **sections) -> Path:
@@ -39,8 +49,11 @@ def write_train_toml(path: Path, run_dir: Path, train_index: Path, **sections) -
     base = {
         "run": "test",
         "run_dir": str(run_dir),
-        "model": {"flavor": "debug", "vocab_size": 300,
-                  "overrides": {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 128}},
+        "model": {
+            "flavor": "debug",
+            "vocab_size": 300,
+            "overrides": {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 128},
+        },
         "data": {"train_index": str(train_index), "seq_len": 32},
         "optimizer": {"lr": 0.003},
         "schedule": {"warmup_steps": 2},

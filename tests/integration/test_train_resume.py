@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, write_train_toml
 
 pytestmark = pytest.mark.slow
@@ -27,11 +26,28 @@ def _env() -> dict:
 
 
 def _launch(config: Path, start: Path, save_to: Path, until: int, nproc: int = 1) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-           "--nproc-per-node", str(nproc), str(TRAIN), "--config", str(config), "--resume-from", str(start),
-           "--save-to", str(save_to), "--until-step", str(until)]
-    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        str(TRAIN),
+        "--config",
+        str(config),
+        "--resume-from",
+        str(start),
+        "--save-to",
+        str(save_to),
+        "--until-step",
+        str(until),
+    ]
+    return subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def _train(config: Path, start: Path, save_to: Path, until: int, nproc: int = 1) -> str:
@@ -42,8 +58,13 @@ def _train(config: Path, start: Path, save_to: Path, until: int, nproc: int = 1)
 
 
 def _init(config: Path, step0: Path) -> None:
-    subprocess.run([sys.executable, str(INIT), "--config", str(config), "--save-to", str(step0)],
-                   check=True, env=_env(), capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, str(INIT), "--config", str(config), "--save-to", str(step0)],
+        check=True,
+        env=_env(),
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def _losses(checkpoint: Path) -> dict[int, float]:
@@ -104,8 +125,9 @@ def test_killed_segment_resumes_from_rolling_checkpoint(tmp_path, tiny_data, ref
 
 
 def test_sigterm_checkpoints_and_exits_for_retry(tmp_path, tiny_data, reference):
-    config, step0 = _setup(tmp_path, tiny_data, "signalled", training={"steps": 24},
-                           checkpoint={"interval_steps": 100})
+    config, step0 = _setup(
+        tmp_path, tiny_data, "signalled", training={"steps": 24}, checkpoint={"interval_steps": 100}
+    )
     final = tmp_path / "signalled" / "checkpoints" / "step-24"
     proc = _launch(config, step0, final, 24)
     metrics = tmp_path / "signalled" / "state" / "metrics.jsonl"
@@ -130,8 +152,9 @@ def test_stale_rolling_checkpoint_of_an_edited_run_is_ignored(tmp_path, tiny_dat
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     # The user edits the learning rate: the workflow renders a new config and a new step-0.
-    write_train_toml(config, tmp_path / "edited", tiny_data["train_index"], training={"steps": 8},
-                     optimizer={"lr": 0.001})
+    write_train_toml(
+        config, tmp_path / "edited", tiny_data["train_index"], training={"steps": 8}, optimizer={"lr": 0.001}
+    )
     import shutil
 
     shutil.rmtree(step0)

@@ -18,17 +18,36 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def _config() -> dict:
-    run = {"preset": "config/train/debug.toml", "dataset": "synthetic", "tokenizer": "bpe", "steps": 20,
-           "segment_steps": 10, "evals": ["heldout", "mc"],
-           "overrides": {"model": {"overrides": {"dim": 64, "n_layers": 2, "ffn_dim": 128}},
-                         "data": {"seq_len": 32}, "training": {"global_batch_tokens": 512},
-                         "checkpoint": {"interval_steps": 5}, "optimizer": {"lr": 0.003}}}
+    run = {
+        "preset": "config/train/debug.toml",
+        "dataset": "synthetic",
+        "tokenizer": "bpe",
+        "steps": 20,
+        "segment_steps": 10,
+        "evals": ["heldout", "mc"],
+        "overrides": {
+            "model": {"overrides": {"dim": 64, "n_layers": 2, "ffn_dim": 128}},
+            "data": {"seq_len": 32},
+            "training": {"global_batch_tokens": 512},
+            "checkpoint": {"interval_steps": 5},
+            "optimizer": {"lr": 0.003},
+        },
+    }
     return {
-        "datasets": {"synthetic": {"source": "synthetic", "seed": 3, "num_train_documents": 800,
-                                   "num_heldout_documents": 60, "num_mc_examples": 16}},
+        "datasets": {
+            "synthetic": {
+                "source": "synthetic",
+                "seed": 3,
+                "num_train_documents": 800,
+                "num_heldout_documents": 60,
+                "num_mc_examples": 16,
+            }
+        },
         "tokenizers": {"bpe": {"kind": "bpe", "dataset": "synthetic", "vocab_size": 300}},
-        "evals": {"heldout": {"kind": "loss", "dataset": "synthetic", "split": "heldout", "max_tokens": 2048},
-                  "mc": {"kind": "multiple_choice", "dataset": "synthetic", "file": "mc.jsonl"}},
+        "evals": {
+            "heldout": {"kind": "loss", "dataset": "synthetic", "split": "heldout", "max_tokens": 2048},
+            "mc": {"kind": "multiple_choice", "dataset": "synthetic", "file": "mc.jsonl"},
+        },
         "runs": {"a": run, "b": json.loads(json.dumps(run))},
     }
 
@@ -36,14 +55,23 @@ def _config() -> dict:
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    return subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [*SNAKEMAKE, "--cores", "2", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
     """(rule, wildcards) of each job a dry run plans."""
-    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:.*\n)*?(?:    wildcards: (.*)\n)?    (?:resources|jobid)",
-                      result.stdout, flags=re.M)
+    jobs = re.findall(
+        r"^(?:local)?rule (\w+):\n(?:.*\n)*?(?:    wildcards: (.*)\n)?    (?:resources|jobid)",
+        result.stdout,
+        flags=re.M,
+    )
     return [(rule, wc) for rule, wc in jobs if rule != "all"]
 
 

@@ -10,15 +10,21 @@ from lmrepro.report.plots import write_report
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--evals", nargs="*", default=[], help="eval JSONs (results/runs/*/eval/step-*/*.json)")
-    parser.add_argument("--checkpoints", nargs="*", default=[], help="segment checkpoints (hold metrics.jsonl)")
+    parser.add_argument(
+        "--evals", nargs="*", default=[], help="eval JSONs (results/runs/*/eval/step-*/*.json)"
+    )
+    parser.add_argument(
+        "--checkpoints", nargs="*", default=[], help="segment checkpoints (hold metrics.jsonl)"
+    )
     parser.add_argument("--out", required=True, help="results/report")
     args = parser.parse_args()
     metrics_by_run: dict[str, list[Path]] = {}
     for checkpoint in map(Path, args.checkpoints):
         run = json.loads((checkpoint / "meta.json").read_text())["run"]
         metrics_by_run.setdefault(run, []).append(checkpoint / "metrics.jsonl")
-    for name, path in sorted(write_report(metrics_by_run, [Path(p) for p in args.evals], Path(args.out)).items()):
+    for name, path in sorted(
+        write_report(metrics_by_run, [Path(p) for p in args.evals], Path(args.out)).items()
+    ):
         print(f"wrote {name}: {path}")
 
 

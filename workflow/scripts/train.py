@@ -19,8 +19,9 @@ def main() -> int:
     parser.add_argument("--until-step", type=int, required=True, help="last step of the segment")
     args = parser.parse_args()
     try:
-        return run_segment(load_job_config(args.config), Path(args.resume_from), Path(args.save_to),
-                           args.until_step)
+        return run_segment(
+            load_job_config(args.config), Path(args.resume_from), Path(args.save_to), args.until_step
+        )
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

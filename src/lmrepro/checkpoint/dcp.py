@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,6 +29,9 @@ from torch.distributed.checkpoint.state_dict import (
 from lmrepro.provenance import provenance
 
 META = "meta.json"
+
+# Single-process save/load (seed checkpoints, export, evaluation) is intended, not a mistake.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 def _rank() -> int:

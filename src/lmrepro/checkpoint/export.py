@@ -80,8 +80,13 @@ def export_checkpoint(
         dtype=_DTYPES[dtype],
     )
     log.info("wrote Hugging Face folder hf/")
-    info = {"checkpoint": str(checkpoint_dir), "step": meta["step"], "tokens_seen": meta["tokens_seen"],
-            "dtype": dtype, "run": meta.get("run")}
+    info = {
+        "checkpoint": str(checkpoint_dir),
+        "step": meta["step"],
+        "tokens_seen": meta["tokens_seen"],
+        "dtype": dtype,
+        "run": meta.get("run"),
+    }
     (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists; refusing to overwrite an export")

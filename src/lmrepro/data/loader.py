@@ -36,7 +36,8 @@ class WindowLoader:
         self.num_windows = (len(stream) - 1) // seq_len
         if self.num_windows < 1:
             raise ValueError(
-                f"{stream.index_path}: {len(stream)} tokens are too few for one window of {seq_len + 1} tokens"
+                f"{stream.index_path}: {len(stream)} tokens are too few for one window of "
+                f"{seq_len + 1} tokens"
             )
         self.stream = stream
         self.seq_len = seq_len
@@ -81,7 +82,8 @@ class WindowLoader:
                 )
         if state["samples_consumed"] % self.global_batch_sequences:
             raise ValueError(
-                f"checkpoint consumed {state['samples_consumed']} samples, not a multiple of the global batch "
+                f"checkpoint consumed {state['samples_consumed']} samples, not a multiple of the "
+                f"global batch "
                 f"of {self.global_batch_sequences} sequences"
             )
         self.samples_consumed = state["samples_consumed"]

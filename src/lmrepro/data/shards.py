@@ -62,7 +62,8 @@ def write_shard(path: str | Path, tokens: np.ndarray, *, vocab_size: int, num_do
         if high >= vocab_size or low < 0:
             bad = high if high >= vocab_size else low
             raise ValueError(
-                f"{path}: token id {bad} out of range for vocab_size {vocab_size} (ids must be in [0, {vocab_size}))"
+                f"{path}: token id {bad} out of range for vocab_size {vocab_size} "
+                f"(ids must be in [0, {vocab_size}))"
             )
     code = dtype.itemsize * 8
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, code, tokens.size, vocab_size, num_documents)
@@ -107,8 +108,16 @@ def read_shard(path: str | Path) -> np.ndarray:
     return np.memmap(path, dtype=header.dtype, mode="r", offset=HEADER_BYTES, shape=(header.num_tokens,))
 
 
-def write_index(folder: str | Path, shards: list[dict], *, vocab_size: int, bos_id: int | None,
-                eos_id: int, tokenizer_sha256: str, source: dict) -> Path:
+def write_index(
+    folder: str | Path,
+    shards: list[dict],
+    *,
+    vocab_size: int,
+    bos_id: int | None,
+    eos_id: int,
+    tokenizer_sha256: str,
+    source: dict,
+) -> Path:
     """Write index.json last (atomically): its presence says the shard folder is complete."""
     folder = Path(folder)
     index = {

@@ -58,7 +58,9 @@ def tokenize_to_shards(
         name = f"shard-{len(shards):05d}.bin"
         tokens = np.concatenate(pending) if pending else np.empty(0, dtype=dtype)
         digest = write_shard(out_dir / name, tokens, vocab_size=tok.vocab_size, num_documents=pending_docs)
-        shards.append({"file": name, "num_tokens": int(tokens.size), "num_documents": pending_docs, "sha256": digest})
+        shards.append(
+            {"file": name, "num_tokens": int(tokens.size), "num_documents": pending_docs, "sha256": digest}
+        )
         pending, pending_tokens, pending_docs = [], 0, 0
 
     for batch in _batches(iter_jsonl_texts(input_files), batch_documents):
@@ -81,7 +83,9 @@ def tokenize_to_shards(
     if pending_docs:
         flush()
     elapsed = time.monotonic() - started
-    log.info("done: %d documents, %d tokens in %d shards, %.1f s", total_docs, total_tokens, len(shards), elapsed)
+    log.info(
+        "done: %d documents, %d tokens in %d shards, %.1f s", total_docs, total_tokens, len(shards), elapsed
+    )
     write_index(
         out_dir,
         shards,

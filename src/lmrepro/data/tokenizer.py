@@ -27,7 +27,9 @@ def iter_jsonl_texts(paths: Iterable[str | Path], text_key: str = "text") -> Ite
                     continue
                 row = json.loads(line)
                 if text_key not in row:
-                    raise ValueError(f"{path}:{line_number}: row has no {text_key!r} field (keys: {sorted(row)})")
+                    raise ValueError(
+                        f"{path}:{line_number}: row has no {text_key!r} field (keys: {sorted(row)})"
+                    )
                 yield row[text_key]
 
 
@@ -38,7 +40,9 @@ def train_bpe(train_files: list[str | Path], vocab_size: int, out_dir: str | Pat
 
     specials = [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN]
     if vocab_size < 256 + len(specials):
-        raise ValueError(f"vocab_size must be >= {256 + len(specials)} for a byte-level BPE, got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be >= {256 + len(specials)} for a byte-level BPE, got {vocab_size}"
+        )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -100,7 +104,9 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
     eos_token = config.get("eos_token", EOS_TOKEN)
     eos_id = tok.token_to_id(eos_token) if isinstance(eos_token, str) else None
     if eos_id is None:
-        raise ValueError(f"{file}: EOS token {eos_token!r} is not in the vocabulary; documents need a separator")
+        raise ValueError(
+            f"{file}: EOS token {eos_token!r} is not in the vocabulary; documents need a separator"
+        )
     bos_id = tok.token_to_id(bos_token) if isinstance(bos_token, str) else None
     return TextTokenizer(
         path=file.parent,

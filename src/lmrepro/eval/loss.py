@@ -35,13 +35,17 @@ def heldout_loss(
         )
     num_windows = min((len(stream) - 1) // seq_len, max(max_tokens // seq_len, 1))
     if num_windows < 1:
-        raise ValueError(f"{stream.index_path}: too few tokens ({len(stream)}) for one window of {seq_len + 1}")
+        raise ValueError(
+            f"{stream.index_path}: too few tokens ({len(stream)}) for one window of {seq_len + 1}"
+        )
     device = next(model.parameters()).device
     total_loss, total_tokens = 0.0, 0
     last_log = time.monotonic()
     for first in range(0, num_windows, batch_sequences):
         ids = range(first, min(first + batch_sequences, num_windows))
-        windows = torch.stack([torch.from_numpy(stream.window(w * seq_len, seq_len + 1)) for w in ids]).to(device)
+        windows = torch.stack([torch.from_numpy(stream.window(w * seq_len, seq_len + 1)) for w in ids]).to(
+            device
+        )
         logits = model(windows[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten(), reduction="sum")
         total_loss += float(loss)

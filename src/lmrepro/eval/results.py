@@ -1,7 +1,7 @@
 """One evaluation JSON per (run, step, task), in one schema for every kind of task.
 
-    {"run", "step", "tokens_seen", "task", "kind": "loss" | "multiple_choice", "metrics": {...},
-     "source": path evaluated, "provenance": {...}}
+{"run", "step", "tokens_seen", "task", "kind": "loss" | "multiple_choice", "metrics": {...},
+ "source": path evaluated, "provenance": {...}}
 """
 
 from __future__ import annotations
@@ -27,11 +27,15 @@ def write_result(out: str | Path, record: dict) -> None:
     os.replace(tmp, out)
 
 
-def evaluate_loss_task(checkpoint: str | Path, index: str | Path, task: str, max_tokens: int, out: str | Path) -> dict:
+def evaluate_loss_task(
+    checkpoint: str | Path, index: str | Path, task: str, max_tokens: int, out: str | Path
+) -> dict:
     model, meta = load_model(checkpoint)
     stream = TokenStream(index)
     metrics = heldout_loss(model, stream, seq_len=meta["seq_len"], max_tokens=max_tokens)
-    log.info("%s step %d: loss %.4f, perplexity %.2f", task, meta["step"], metrics["loss"], metrics["perplexity"])
+    log.info(
+        "%s step %d: loss %.4f, perplexity %.2f", task, meta["step"], metrics["loss"], metrics["perplexity"]
+    )
     record = {
         "run": meta.get("run"),
         "step": meta["step"],

@@ -63,9 +63,16 @@ class MetricsWriter:
                     self._tb.add_scalar(f"train/{key}", value, row["step"])
         mfu = f" mfu {row['mfu']:.1%}" if row.get("mfu") is not None else ""
         log.info(
-            "step %d  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tokens/s/device%s  mem %.2f GiB  data wait %.3f s",
-            row["step"], row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s_per_device"], mfu,
-            row["peak_memory_gib"], row["data_wait_s"],
+            "step %d  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tokens/s/device%s  mem %.2f GiB  "
+            "data wait %.3f s",
+            row["step"],
+            row["loss"],
+            row["lr"],
+            row["grad_norm"],
+            row["tokens_per_s_per_device"],
+            mfu,
+            row["peak_memory_gib"],
+            row["data_wait_s"],
         )
 
     def close(self) -> None:

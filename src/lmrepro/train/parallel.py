@@ -73,7 +73,9 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) -> 
     fully_shard(model, mesh=mesh, mp_policy=mp)
 
 
-def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, param_dtype: torch.dtype) -> None:
+def parallelize(
+    model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, param_dtype: torch.dtype
+) -> None:
     if mesh is not None:
         apply_fsdp(model, mesh, param_dtype)
 

@@ -30,7 +30,13 @@ from lmrepro.model.flavors import model_args, params_json
 from lmrepro.model.llama import Transformer, flops_per_token
 from lmrepro.train import metrics as metrics_lib
 from lmrepro.train.optim import build_optimizer, clip_grad_norm, set_lr
-from lmrepro.train.parallel import ParallelDims, build_mesh, dp_rank_and_size, parallelize, resolve_parallel_dims
+from lmrepro.train.parallel import (
+    ParallelDims,
+    build_mesh,
+    dp_rank_and_size,
+    parallelize,
+    resolve_parallel_dims,
+)
 from lmrepro.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -59,8 +65,15 @@ def init_checkpoint(job: JobConfig, save_to: Path) -> dict:
     model = build_model(job, "meta")
     model.to_empty(device="cpu")
     model.init_weights()
-    meta = {"step": 0, "tokens_seen": 0, "config_sha256": config_sha256(job), "origin": None, "run": job.run,
-            "model_args": params_json(model.args), "seq_len": job.data.seq_len}
+    meta = {
+        "step": 0,
+        "tokens_seen": 0,
+        "config_sha256": config_sha256(job),
+        "origin": None,
+        "run": job.run,
+        "model_args": params_json(model.args),
+        "seq_len": job.data.seq_len,
+    }
     data_state = {"samples_consumed": 0, "seed": job.data.seed, "seq_len": job.data.seq_len}
     train_state = {"step": 0, "tokens_seen": 0, "data": data_state, "rng": torch.get_rng_state()}
     return dcp.save(save_to, model, None, train_state, meta)
@@ -195,13 +208,23 @@ class Trainer:
             "model_args": params_json(self.model_args),
             "seq_len": self.job.data.seq_len,
             "lr": lr_at(self.step, self.job.optimizer.lr, self.job.training.steps, self.job.schedule),
-            "parallel": {"world_size": self.dims.world_size, "dp_shard": self.dims.dp_shard,
-                         "dp_replicate": self.dims.dp_replicate, "tp": self.dims.tp},
+            "parallel": {
+                "world_size": self.dims.world_size,
+                "dp_shard": self.dims.dp_shard,
+                "dp_replicate": self.dims.dp_replicate,
+                "tp": self.dims.tp,
+            },
         }
 
     def save_rolling(self) -> None:
         started = time.monotonic()
-        dcp.save(self.rolling_dir / f"step-{self.step}", self.model, self.optimizer, self._train_state(), self._meta())
+        dcp.save(
+            self.rolling_dir / f"step-{self.step}",
+            self.model,
+            self.optimizer,
+            self._train_state(),
+            self._meta(),
+        )
         dcp.purge_old(self.rolling_dir, self.job.checkpoint.keep_latest_k)
         log.info("rolling checkpoint at step %d saved in %.2f s", self.step, time.monotonic() - started)
 
@@ -210,8 +233,14 @@ class Trainer:
             self.state_dir / "metrics.jsonl", self.start_meta["checkpoint_id"], self.start_step + 1, self.step
         )
         text = "".join(json.dumps(r) + "\n" for r in rows)
-        dcp.save(self.save_to, self.model, self.optimizer, self._train_state(), self._meta(),
-                 extra_files={"metrics.jsonl": text})
+        dcp.save(
+            self.save_to,
+            self.model,
+            self.optimizer,
+            self._train_state(),
+            self._meta(),
+            extra_files={"metrics.jsonl": text},
+        )
         log.info("segment checkpoint %s saved", self.save_to)
 
     # ---- training ------------------------------------------------------------------------------
@@ -262,22 +291,36 @@ class Trainer:
         tokens_per_step = job.training.global_batch_tokens
         log.info(
             "model %s: %.2fM parameters (%.2fM non-embedding), %.3g FLOPs/token (6N + 12·L·d·seq)",
-            job.model.flavor, self.model.num_params() / 1e6,
-            self.model.num_params(exclude_embeddings=True) / 1e6, self.flops_per_token,
+            job.model.flavor,
+            self.model.num_params() / 1e6,
+            self.model.num_params(exclude_embeddings=True) / 1e6,
+            self.flops_per_token,
         )
         log.info(
             "world %d = dp_replicate %d × dp_shard %d × tp %d on %s; micro-batch %d sequences × seq %d, "
             "gradient accumulation %d; %d tokens/step; segment steps %d → %d of %d; run total %d tokens",
-            dims.world_size, dims.dp_replicate, dims.dp_shard, dims.tp, self.device.type,
-            self.micro_batch_sequences, job.data.seq_len, self.grad_accum_steps, tokens_per_step,
-            self.step, self.until_step, job.training.steps, tokens_per_step * job.training.steps,
+            dims.world_size,
+            dims.dp_replicate,
+            dims.dp_shard,
+            dims.tp,
+            self.device.type,
+            self.micro_batch_sequences,
+            job.data.seq_len,
+            self.grad_accum_steps,
+            tokens_per_step,
+            self.step,
+            self.until_step,
+            job.training.steps,
+            tokens_per_step * job.training.steps,
         )
 
     def train(self) -> int:
         job = self.job
         self.state_dir.mkdir(parents=True, exist_ok=True)
         writer = metrics_lib.MetricsWriter(
-            self.state_dir, enabled=self.rank == 0, tensorboard=job.metrics.tensorboard,
+            self.state_dir,
+            enabled=self.rank == 0,
+            tensorboard=job.metrics.tensorboard,
             tags={"origin": self.start_meta["checkpoint_id"], "config_sha256": self.config_sha},
         )
         self.describe()
@@ -292,12 +335,18 @@ class Trainer:
                     mfu = per_device * self.flops_per_token / self.peak_flops if self.peak_flops else None
                     if not math.isfinite(out["loss"]):
                         raise FloatingPointError(f"loss is {out['loss']} at step {self.step}")
-                    writer.write({
-                        "step": self.step, "tokens_seen": self.tokens_seen, **out,
-                        "tokens_per_s": window_tokens / elapsed, "tokens_per_s_per_device": per_device,
-                        "tflops_per_device": per_device * self.flops_per_token / 1e12, "mfu": mfu,
-                        "peak_memory_gib": metrics_lib.peak_memory_gib(self.device),
-                    })
+                    writer.write(
+                        {
+                            "step": self.step,
+                            "tokens_seen": self.tokens_seen,
+                            **out,
+                            "tokens_per_s": window_tokens / elapsed,
+                            "tokens_per_s_per_device": per_device,
+                            "tflops_per_device": per_device * self.flops_per_token / 1e12,
+                            "mfu": mfu,
+                            "peak_memory_gib": metrics_lib.peak_memory_gib(self.device),
+                        }
+                    )
                     window_start, window_tokens = time.perf_counter(), 0
                 if self.step == self.until_step:
                     break

@@ -1,0 +1,68 @@
+"""DCP checkpoint → consolidated.pth + params.json + HF folder, checked against transformers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import write_train_toml
+
+from lmrepro.checkpoint.export import export_checkpoint, load_model
+from lmrepro.config import load_job_config
+from lmrepro.model.flavors import args_from_params_json
+from lmrepro.model.llama import Transformer
+from lmrepro.train.trainer import init_checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_data):
+    tmp = tmp_path_factory.mktemp("export")
+    config = write_train_toml(tmp / "train.toml", tmp, tiny_data["train_index"], training={"seed": 5})
+    checkpoint = tmp / "checkpoints" / "step-0"
+    init_checkpoint(load_job_config(config), checkpoint)
+    out = tmp / "export" / "step-0"
+    export_checkpoint(checkpoint, out, tokenizer_dir=tiny_data["tokenizer"])
+    return checkpoint, out
+
+
+def test_hf_export_logits_match_our_model(exported, tiny_data):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint, out = exported
+    ours, _ = load_model(checkpoint)
+    hf = AutoModelForCausalLM.from_pretrained(out / "hf", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(out / "hf")
+    ids = tok("the owl lives in the forest. the fox eats", return_tensors="pt").input_ids
+    assert ids[0, 0].item() == tok.bos_token_id  # the exported tokenizer adds BOS like training did
+    with torch.no_grad():
+        diff = (ours(ids) - hf(ids).logits).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_consolidated_pth_loads_strictly_into_our_model(exported):
+    checkpoint, out = exported
+    params = json.loads((out / "params.json").read_text())
+    model = Transformer(args_from_params_json(params))
+    state = torch.load(out / "consolidated.pth", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    ours, _ = load_model(checkpoint)
+    assert all(torch.equal(state[k], v) for k, v in ours.state_dict().items())
+    info = json.loads((out / "export.json").read_text())
+    assert (info["step"], info["run"]) == (0, "test")
+
+
+def test_export_refuses_to_overwrite_and_leaves_no_partial_folder(exported, tiny_data):
+    checkpoint, out = exported
+    with pytest.raises(FileExistsError):
+        export_checkpoint(checkpoint, out, tokenizer_dir=tiny_data["tokenizer"])
+    assert (out / "hf" / "model.safetensors").is_file()  # the existing export is intact
+
+
+def test_export_of_a_folder_that_is_not_a_checkpoint_names_it(tmp_path, tiny_data):
+    (tmp_path / "not-a-checkpoint").mkdir()
+    with pytest.raises(FileNotFoundError, match="not-a-checkpoint"):
+        export_checkpoint(
+            tmp_path / "not-a-checkpoint", tmp_path / "out", tokenizer_dir=tiny_data["tokenizer"]
+        )
+    assert not (tmp_path / "out").exists()
