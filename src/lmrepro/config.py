@@ -76,6 +76,13 @@ class TrainingConfig:
     """Seed of the model initialisation and of any randomness in training."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Parameter dtype during forward/backward (FSDP mixed precision); master weights stay float32."""
+    activation_checkpoint: Literal["none", "full", "selective"] = "none"
+    """Recompute activations in backward per block: none, full (the whole block) or selective (keep
+    matmul and attention outputs, recompute norms and pointwise ops)."""
+    compile: bool = False
+    """torch.compile each transformer block (fullgraph)."""
+    attention_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
+    """SDPA kernel: auto lets PyTorch choose; the others force one backend (an error if it cannot run)."""
 
 
 @dataclass
@@ -85,7 +92,11 @@ class ParallelConfig:
     dp_replicate_degree: int = 1
     """HSDP replicate degree (replicate × shard mesh)."""
     tp_degree: int = 1
-    """Tensor-parallel degree."""
+    """Tensor-parallel degree (with sequence parallel); must divide n_heads, n_kv_heads and ffn_dim."""
+    loss_parallel: bool = True
+    """With TP: compute the cross-entropy on vocabulary-sharded logits instead of gathering them."""
+    fsdp_reshard_after_forward: bool = True
+    """Free gathered parameters after forward (ZeRO-3); false keeps them until backward (ZeRO-2-like)."""
 
 
 @dataclass

@@ -81,7 +81,7 @@ def results_snapshot(workdir: Path) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def finished_workflow(tmp_path_factory):
-    from conftest import REPO
+    from helpers import REPO
 
     workdir = tmp_path_factory.mktemp("workflow")
     for name in ("Snakefile", "workflow", "config"):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import write_train_toml
+from helpers import write_train_toml
 
 from lmrepro.checkpoint.export import export_checkpoint, load_model
 from lmrepro.config import load_job_config

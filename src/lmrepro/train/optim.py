@@ -8,8 +8,11 @@ from torch import nn
 from lmrepro.config import OptimizerConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """AdamW; norms (1-D weights) get no weight decay, as in Llama/OLMo training recipes."""
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW; norms (1-D weights) get no weight decay, as in Llama/OLMo training recipes.
+
+    fused=True (CUDA) runs one kernel for all parameters; foreach otherwise (works on every backend).
+    """
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -18,8 +21,8 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # foreach (not fused) works for DTensor params on every backend, CPU/gloo included.
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)
+    kind = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **kind)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

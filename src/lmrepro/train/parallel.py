@@ -1,7 +1,10 @@
-"""Parallelism applied from outside the model: device mesh and FSDP2.
+"""Parallelism applied from outside the model, in torchtitan's order:
 
-Order (torchtitan's, kept so tensor parallel, activation checkpointing and compile slot in before
-FSDP): TP → activation checkpointing → compile → FSDP. The model file knows nothing of this.
+    tensor parallel (+ sequence parallel, loss parallel) → activation checkpointing → torch.compile → FSDP2
+
+TP first, because it rewrites the Linear weights into DTensors on the tp mesh; AC and compile wrap
+whole blocks (compile sees the TP collectives and the recomputation); FSDP last, so it shards the
+already-TP'd parameters along the data-parallel mesh. The model file knows nothing of this.
 """
 
 from __future__ import annotations
@@ -13,8 +16,17 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
 
 from lmrepro.config import ParallelConfig
+from lmrepro.model.llama import ModelArgs
 
 
 @dataclass(frozen=True)
@@ -29,8 +41,13 @@ class ParallelDims:
         return self.dp_replicate * self.dp_shard
 
 
-def resolve_parallel_dims(cfg: ParallelConfig, world_size: int) -> ParallelDims:
-    """Fill dp_shard_degree = -1 from the world size; ValueError if the degrees do not multiply out."""
+def resolve_parallel_dims(
+    cfg: ParallelConfig, world_size: int, model_args: ModelArgs | None = None
+) -> ParallelDims:
+    """Check the degrees against the world size and the model before any process group exists.
+
+    dp_shard_degree = -1 takes every rank the other degrees leave. Raises ValueError naming the key.
+    """
     for key in ("dp_replicate_degree", "tp_degree"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"parallel.{key} must be >= 1, got {getattr(cfg, key)}")
@@ -38,7 +55,8 @@ def resolve_parallel_dims(cfg: ParallelConfig, world_size: int) -> ParallelDims:
     if cfg.dp_shard_degree == -1:
         if world_size % other:
             raise ValueError(
-                f"world size {world_size} is not divisible by dp_replicate_degree × tp_degree = {other}"
+                f"world size {world_size} is not divisible by parallel.dp_replicate_degree × tp_degree "
+                f"= {cfg.dp_replicate_degree} × {cfg.tp_degree}"
             )
         dp_shard = world_size // other
     elif cfg.dp_shard_degree < 1:
@@ -50,38 +68,174 @@ def resolve_parallel_dims(cfg: ParallelConfig, world_size: int) -> ParallelDims:
             f"parallel degrees replicate {cfg.dp_replicate_degree} × shard {dp_shard} × tp {cfg.tp_degree} "
             f"= {dp_shard * other} do not equal the world size {world_size}"
         )
-    if cfg.tp_degree != 1:
-        raise ValueError("parallel.tp_degree > 1 is not supported yet; valid: 1")
+    if model_args is not None and cfg.tp_degree > 1:
+        for key in ("n_heads", "n_kv_heads"):
+            if getattr(model_args, key) % cfg.tp_degree:
+                raise ValueError(
+                    f"parallel.tp_degree = {cfg.tp_degree} does not divide the model's {key} = "
+                    f"{getattr(model_args, key)}"
+                )
+        if model_args.ffn_dim % cfg.tp_degree:
+            raise ValueError(
+                f"parallel.tp_degree = {cfg.tp_degree} does not divide ffn_dim = {model_args.ffn_dim}"
+            )
+        if model_args.tie_embeddings:
+            raise ValueError(
+                "parallel.tp_degree > 1 needs untied embeddings (model.overrides.tie_embeddings)"
+            )
     return ParallelDims(cfg.dp_replicate_degree, dp_shard, cfg.tp_degree, world_size)
 
 
 def build_mesh(dims: ParallelDims, device_type: str) -> DeviceMesh | None:
+    """Mesh dims (dp_replicate, dp_shard, tp), tp innermost so TP groups are ranks of one node."""
     if dims.world_size == 1:
         return None
-    if dims.dp_replicate > 1:
-        return init_device_mesh(
-            device_type, (dims.dp_replicate, dims.dp_shard), mesh_dim_names=("dp_replicate", "dp_shard")
-        )
-    return init_device_mesh(device_type, (dims.dp_shard,), mesh_dim_names=("dp_shard",))
+    shape, names = [], []
+    if dims.dp_replicate > 1:  # HSDP keeps both dp dims, even when dp_shard is 1
+        shape += [dims.dp_replicate, dims.dp_shard]
+        names += ["dp_replicate", "dp_shard"]
+    elif dims.dp_shard > 1:
+        shape.append(dims.dp_shard)
+        names.append("dp_shard")
+    if dims.tp > 1:
+        shape.append(dims.tp)
+        names.append("tp")
+    return init_device_mesh(device_type, tuple(shape), mesh_dim_names=tuple(names))
 
 
-def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) -> None:
+def dp_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:
+    if mesh is None:
+        return None
+    names = tuple(n for n in ("dp_replicate", "dp_shard") if n in mesh.mesh_dim_names)
+    return mesh[names] if names else None
+
+
+def tp_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:
+    return mesh["tp"] if mesh is not None and "tp" in mesh.mesh_dim_names else None
+
+
+def apply_tp(model: nn.Module, mesh: DeviceMesh, loss_parallel: bool) -> None:
+    """Megatron-style TP with sequence parallel: norms and the residual stream are sharded on the
+    sequence dim, attention/FFN inputs are all-gathered, their outputs reduce-scattered."""
+    parallelize_module(
+        model,
+        mesh,
+        {
+            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+            "norm": SequenceParallel(),
+            "output": ColwiseParallel(
+                input_layouts=Shard(1),
+                output_layouts=Shard(-1) if loss_parallel else Replicate(),
+                use_local_output=not loss_parallel,
+            ),
+        },
+    )
+    for block in model.layers.values():
+        plan = {
+            "attention_norm": SequenceParallel(),
+            "attention": PrepareModuleInput(
+                input_layouts=(Shard(1), None), desired_input_layouts=(Replicate(), None)
+            ),
+            "attention.wq": ColwiseParallel(),
+            "attention.wk": ColwiseParallel(),
+            "attention.wv": ColwiseParallel(),
+            "attention.wo": RowwiseParallel(output_layouts=Shard(1)),
+            "ffn_norm": SequenceParallel(),
+            "feed_forward": PrepareModuleInput(
+                input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)
+            ),
+            "feed_forward.w1": ColwiseParallel(),
+            "feed_forward.w3": ColwiseParallel(),
+            "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
+        }
+        parallelize_module(block, mesh, plan)
+
+
+def _op_sac_policy():
+    """Selective AC: keep matmul and attention outputs, recompute the cheap pointwise ops and norms."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    save = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+    for name in (
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+    ):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            save.add(op.default)
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in save else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return policy
+
+
+def apply_ac(model: nn.Module, mode: str) -> None:
+    """Activation checkpointing per block: full (recompute the block) or selective (op-level policy)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    policy = _op_sac_policy()
+    for name, block in list(model.layers.items()):
+        if mode == "full":
+            wrapped = checkpoint_wrapper(block, preserve_rng_state=False)
+        else:
+            wrapped = checkpoint_wrapper(
+                block,
+                preserve_rng_state=False,
+                context_fn=lambda: create_selective_checkpoint_contexts(policy),
+            )
+        model.layers.register_module(name, wrapped)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """Compile each block separately: the blocks share one graph, so compile time does not grow with depth."""
+    for name, block in list(model.layers.items()):
+        model.layers.register_module(name, torch.compile(block, fullgraph=True))
+
+
+def apply_fsdp(
+    model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype, reshard_after_forward: bool
+) -> None:
     """Shard each block, then the root; compute in param_dtype, reduce gradients in float32."""
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for block in model.layers.values():
-        fully_shard(block, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+    blocks = list(model.layers.values())
+    for i, block in enumerate(blocks):
+        # The last block's parameters are needed again right away by backward: keep them gathered.
+        fully_shard(
+            block,
+            mesh=mesh,
+            mp_policy=mp,
+            reshard_after_forward=reshard_after_forward and i < len(blocks) - 1,
+        )
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
 
 
 def parallelize(
-    model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None, param_dtype: torch.dtype
+    model: nn.Module,
+    mesh: DeviceMesh | None,
+    param_dtype: torch.dtype,
+    *,
+    activation_checkpoint: str = "none",
+    compile: bool = False,
+    loss_parallel: bool = True,
+    reshard_after_forward: bool = True,
 ) -> None:
-    if mesh is not None:
-        apply_fsdp(model, mesh, param_dtype)
+    """Apply TP → AC → compile → FSDP to a model built on the meta device."""
+    if (tp := tp_mesh(mesh)) is not None:
+        apply_tp(model, tp, loss_parallel=loss_parallel)
+    if activation_checkpoint != "none":
+        apply_ac(model, activation_checkpoint)
+    if compile:
+        apply_compile(model)
+    if (dp := dp_mesh(mesh)) is not None:
+        apply_fsdp(model, dp, param_dtype, reshard_after_forward=reshard_after_forward)
 
 
 def dp_rank_and_size(dims: ParallelDims) -> tuple[int, int]:
-    """This rank's position among data-parallel ranks (TP ranks of one group share a batch slice)."""
+    """This rank's position among data-parallel ranks (the TP ranks of one group share a batch slice)."""
     if not dist.is_initialized():
         return 0, 1
     return dist.get_rank() // dims.tp, dims.dp_size

@@ -15,6 +15,8 @@ import math
 import os
 import signal
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,12 +29,13 @@ from lmrepro.config import JobConfig, config_sha256, to_dict
 from lmrepro.data.loader import WindowLoader
 from lmrepro.data.shards import TokenStream
 from lmrepro.model.flavors import model_args, params_json
-from lmrepro.model.llama import Transformer, flops_per_token
+from lmrepro.model.llama import ModelArgs, Transformer, flops_per_token
 from lmrepro.train import metrics as metrics_lib
 from lmrepro.train.optim import build_optimizer, clip_grad_norm, set_lr
 from lmrepro.train.parallel import (
     ParallelDims,
     build_mesh,
+    dp_mesh,
     dp_rank_and_size,
     parallelize,
     resolve_parallel_dims,
@@ -45,14 +48,51 @@ EXIT_PREEMPTED = 143  # non-zero so Snakemake/Slurm retry the job, which then re
 
 
 def build_model(job: JobConfig, device: torch.device | str = "meta") -> Transformer:
+    with torch.device(device):
+        return Transformer(checked_model_args(job))
+
+
+def checked_model_args(job: JobConfig) -> ModelArgs:
     args = model_args(job.model.flavor, job.model.vocab_size, **job.model.overrides)
     if job.data.seq_len > args.max_seq_len:
         raise ValueError(
             f"data.seq_len = {job.data.seq_len} exceeds the model's max_seq_len = {args.max_seq_len} "
             f"(flavor {job.model.flavor}); lower data.seq_len or set model.overrides.max_seq_len"
         )
-    with torch.device(device):
-        return Transformer(args)
+    return args
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a job's batch and model map onto its ranks; derived and checked before any process group."""
+
+    dims: ParallelDims
+    model_args: ModelArgs
+    global_batch_sequences: int
+    local_batch_sequences: int
+    micro_batch_sequences: int
+    grad_accum_steps: int
+
+
+def plan_layout(job: JobConfig, world_size: int) -> Layout:
+    """Validate flavor, parallel degrees and batch arithmetic for `world_size` ranks (names the bad key)."""
+    args = checked_model_args(job)
+    dims = resolve_parallel_dims(job.parallel, world_size, args)
+    seq_len = job.data.seq_len
+    global_sequences = job.training.global_batch_tokens // seq_len
+    if global_sequences % dims.dp_size:
+        raise ValueError(
+            f"training.global_batch_tokens = {job.training.global_batch_tokens} is not divisible by "
+            f"data.seq_len × data-parallel ranks = {seq_len} × {dims.dp_size}"
+        )
+    local_sequences = global_sequences // dims.dp_size
+    micro = job.training.micro_batch_sequences or local_sequences
+    if local_sequences % micro:
+        raise ValueError(
+            f"training.micro_batch_sequences = {micro} does not divide the local batch of "
+            f"{local_sequences} sequences per data-parallel rank"
+        )
+    return Layout(dims, args, global_sequences, local_sequences, micro, local_sequences // micro)
 
 
 def init_checkpoint(job: JobConfig, save_to: Path) -> dict:
@@ -97,6 +137,8 @@ class Trainer:
         self.config_sha = config_sha256(job)
         self._stop_signal: int | None = None
         self.step = self.tokens_seen = 0  # set from the checkpoint by _load
+        self.layout = plan_layout(job, int(os.environ.get("WORLD_SIZE", "1")))
+        self.dims: ParallelDims = self.layout.dims
         self._setup_distributed()
         self._setup_model_and_data()
         self._load(self._pick_start(resume_from))
@@ -113,7 +155,6 @@ class Trainer:
             timeout = timedelta(seconds=int(os.environ.get("LMREPRO_PG_TIMEOUT_S", "600")))
             dist.init_process_group(backend, timeout=timeout)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
-        self.dims: ParallelDims = resolve_parallel_dims(self.job.parallel, world)
         self.mesh = build_mesh(self.dims, self.device.type)
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
@@ -126,12 +167,22 @@ class Trainer:
         job = self.job
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[job.training.dtype]
         self.compute_dtype = dtype
-        self.model = build_model(job, "meta")
-        self.model_args = self.model.args
-        parallelize(self.model, self.dims, self.mesh, dtype)
+        self.model_args = self.layout.model_args
+        with torch.device("meta"):
+            self.model = Transformer(self.model_args)
+        self.loss_parallel = self.dims.tp > 1 and job.parallel.loss_parallel
+        parallelize(
+            self.model,
+            self.mesh,
+            dtype,
+            activation_checkpoint=job.training.activation_checkpoint,
+            compile=job.training.compile,
+            loss_parallel=self.loss_parallel,
+            reshard_after_forward=job.parallel.fsdp_reshard_after_forward,
+        )
         self.model.to_empty(device=self.device)
         self.model.init_weights()  # overwritten by the checkpoint; fills the non-persistent RoPE buffer
-        self.optimizer = build_optimizer(self.model, job.optimizer)
+        self.optimizer = build_optimizer(self.model, job.optimizer, fused=self.device.type == "cuda")
 
         stream = TokenStream(job.data.train_index)
         if stream.vocab_size > self.model_args.vocab_size:
@@ -140,26 +191,13 @@ class Trainer:
                 f"model.vocab_size = {self.model_args.vocab_size}"
             )
         seq_len = job.data.seq_len
-        global_sequences = job.training.global_batch_tokens // seq_len
         dp_rank, dp_size = dp_rank_and_size(self.dims)
-        if global_sequences % dp_size:
-            raise ValueError(
-                f"training.global_batch_tokens = {job.training.global_batch_tokens} is not divisible by "
-                f"data.seq_len × data-parallel ranks = {seq_len} × {dp_size}"
-            )
-        local_sequences = global_sequences // dp_size
-        micro = job.training.micro_batch_sequences or local_sequences
-        if local_sequences % micro:
-            raise ValueError(
-                f"training.micro_batch_sequences = {micro} does not divide the local batch of "
-                f"{local_sequences} sequences per rank"
-            )
-        self.micro_batch_sequences = micro
-        self.grad_accum_steps = local_sequences // micro
+        self.micro_batch_sequences = self.layout.micro_batch_sequences
+        self.grad_accum_steps = self.layout.grad_accum_steps
         self.loader = WindowLoader(
             stream,
             seq_len=seq_len,
-            global_batch_sequences=global_sequences,
+            global_batch_sequences=self.layout.global_batch_sequences,
             dp_rank=dp_rank,
             dp_size=dp_size,
             seed=job.data.seed,
@@ -246,12 +284,21 @@ class Trainer:
     # ---- training ------------------------------------------------------------------------------
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean token loss of one micro-batch, backpropagated with the accumulation scale."""
-        autocast = self.compute_dtype != torch.float32 and self.mesh is None
-        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
-            logits = self.model(inputs)  # [micro, seq, vocab]
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        (loss / self.grad_accum_steps).backward()
-        return loss.detach()
+        # FSDP casts parameters itself (MixedPrecisionPolicy); without FSDP, autocast does it.
+        autocast = self.compute_dtype != torch.float32 and dp_mesh(self.mesh) is None
+        with self._loss_context(), attention_backend(self.job.training.attention_backend):
+            with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
+                logits = self.model(inputs)  # [micro, seq, vocab] (vocab-sharded DTensor with loss parallel)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            (loss / self.grad_accum_steps).backward()
+        return loss.detach().full_tensor() if hasattr(loss, "full_tensor") else loss.detach()
+
+    def _loss_context(self):
+        if not self.loss_parallel:
+            return nullcontext()
+        from torch.distributed.tensor.parallel import loss_parallel
+
+        return loss_parallel()
 
     def train_step(self) -> dict:
         self.step += 1
@@ -360,6 +407,21 @@ class Trainer:
             return 0
         finally:
             writer.close()
+
+
+def attention_backend(name: str):
+    """Force one SDPA kernel, or let PyTorch choose (auto)."""
+    if name == "auto":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    return sdpa_kernel(backends[name])
 
 
 def run_segment(job: JobConfig, resume_from: Path, save_to: Path, until_step: int) -> int:
