@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,6 +68,31 @@ def setup_run(tmp_path: Path, tiny_data, name: str, **sections) -> tuple[Path, P
     step0 = run_dir / "checkpoints" / "step-0"
     init_checkpoint(config, step0)
     return config, step0
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below pid (torchrun's workers may sit in their own process groups)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and every worker at once, as a node failure or an OOM kill would."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 def wait_for_checkpoint(path: Path, proc: subprocess.Popen, timeout_s: float = 120) -> None:

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 from helpers import write_train_toml
-from launch import init_checkpoint, launch, losses, setup_run, train, wait_for_checkpoint, weights
+from launch import init_checkpoint, kill_tree, launch, losses, setup_run, train, wait_for_checkpoint, weights
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +21,7 @@ def test_killed_segment_resumes_from_rolling_checkpoint(tmp_path, tiny_data, ref
     final = tmp_path / "killed" / "checkpoints" / "step-24"
     proc = launch(config, step0, final, 24)
     wait_for_checkpoint(tmp_path / "killed" / "state" / "checkpoints" / "step-8", proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # no chance to save: only the rolling checkpoint survives
-    proc.wait(timeout=30)
+    kill_tree(proc)  # no chance to save: only the rolling checkpoint survives
     assert not final.exists()
 
     out = train(config, step0, final, 24)
@@ -60,8 +59,7 @@ def test_stale_rolling_checkpoint_of_an_edited_run_is_ignored(tmp_path, tiny_dat
     config, step0 = setup_run(tmp_path, tiny_data, "edited", training={"steps": 8})
     proc = launch(config, step0, tmp_path / "edited" / "unused", 8)
     wait_for_checkpoint(tmp_path / "edited" / "state" / "checkpoints" / "step-4", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_tree(proc)
     # The user edits the learning rate: the workflow renders a new config and a new step-0.
     write_train_toml(
         config, tmp_path / "edited", tiny_data["train_index"], training={"steps": 8}, optimizer={"lr": 0.001}

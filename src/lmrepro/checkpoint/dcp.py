@@ -131,6 +131,16 @@ def rolling_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def discard(paths: list[Path], folder: str | Path) -> None:
+    """Delete rolling checkpoints and the temp folders of killed saves in folder (collective; rank 0
+    deletes once every rank has finished reading the folder)."""
+    _barrier()
+    if _rank() == 0:
+        for path in [*paths, *Path(folder).glob(".step-*.partial")]:
+            shutil.rmtree(path, ignore_errors=True)
+    _barrier()
+
+
 def purge_old(folder: str | Path, keep_latest_k: int) -> None:
     """Delete all but the newest k complete rolling checkpoints (rank 0 only)."""
     if _rank() != 0:

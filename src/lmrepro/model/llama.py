@@ -314,8 +314,11 @@ class Transformer(nn.Module):
             # torchtitan: logits start with ~unit variance regardless of width.
             _trunc_normal_(self.output.weight, self.args.dim**-0.5)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [b, s] (int64) -> logits [b, s, vocab] in the parameters' dtype.
+
+        With ``targets`` [b, s], returns the mean next-token cross-entropy instead, fused with the output
+        projection so the full logits are never materialised (see lmrepro.train.losses).
 
         On pipeline stages without embedding/head, ``tokens`` is the hidden state [b, s, dim] and the
         hidden state is returned.
@@ -333,6 +336,10 @@ class Transformer(nn.Module):
         for layer in self.layers.values():
             h = layer(h, self.freqs_cis)  # [b, s, dim]
         h = self.norm(h) if self.norm is not None else h
+        if targets is not None and self.output is not None:
+            from lmrepro.train.losses import linear_cross_entropy
+
+            return linear_cross_entropy(h.flatten(0, 1), self.output.weight, targets.flatten())
         return self.output(h) if self.output is not None else h  # [b, s, vocab]
 
     def num_params(self, exclude_embeddings: bool = False) -> int:

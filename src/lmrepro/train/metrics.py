@@ -27,9 +27,10 @@ def peak_flops_per_device(device: torch.device) -> float | None:
 
 
 def peak_memory_gib(device: torch.device) -> float:
-    """Peak device memory allocated on CUDA; peak resident set size of the process elsewhere."""
+    """Peak memory reserved by the CUDA caching allocator (the footprint, as torchtitan reports it);
+    peak resident set size of the process elsewhere."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
+        return torch.cuda.max_memory_reserved(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 

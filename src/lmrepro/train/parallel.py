@@ -27,6 +27,7 @@ from torch.distributed.tensor.parallel import (
 
 from lmrepro.config import ParallelConfig
 from lmrepro.model.llama import ModelArgs
+from lmrepro.train.losses import compile_chunk_step
 
 
 @dataclass(frozen=True)
@@ -190,10 +191,10 @@ def apply_ac(model: nn.Module, mode: str) -> None:
         model.layers.register_module(name, wrapped)
 
 
-def apply_compile(model: nn.Module) -> None:
+def apply_compile(model: nn.Module, mode: str = "default") -> None:
     """Compile each block separately: the blocks share one graph, so compile time does not grow with depth."""
     for name, block in list(model.layers.items()):
-        model.layers.register_module(name, torch.compile(block, fullgraph=True))
+        model.layers.register_module(name, torch.compile(block, fullgraph=True, mode=mode))
 
 
 def apply_fsdp(
@@ -220,6 +221,7 @@ def parallelize(
     *,
     activation_checkpoint: str = "none",
     compile: bool = False,
+    compile_mode: str = "default",
     loss_parallel: bool = True,
     reshard_after_forward: bool = True,
 ) -> None:
@@ -229,7 +231,8 @@ def parallelize(
     if activation_checkpoint != "none":
         apply_ac(model, activation_checkpoint)
     if compile:
-        apply_compile(model)
+        apply_compile(model, compile_mode)
+        compile_chunk_step()
     if (dp := dp_mesh(mesh)) is not None:
         apply_fsdp(model, dp, param_dtype, reshard_after_forward=reshard_after_forward)
 

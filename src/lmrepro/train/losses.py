@@ -1,0 +1,77 @@
+"""Fused output projection + cross-entropy, computed in chunks of tokens.
+
+With a 128k vocabulary the logits of one micro-batch (4 × 4096 tokens) are 2.1 G values: 4.2 GB in bf16,
+8.4 GB once upcast to fp32 for the softmax, and autograd keeps them for backward. Here the logits of
+one chunk at a time are formed, turned into the loss *and* the gradients of the hidden states and of the
+output weight right away, and dropped; backward only scales the stored gradients. Peak memory falls by
+the size of the full logits and their gradient, the matmul FLOPs are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _chunk_step(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float):
+    """Loss sum and gradients (already multiplied by `scale`) of one chunk of tokens."""
+    logits = (hidden @ weight.t()).float()  # [c, vocab]
+    lse = torch.logsumexp(logits, dim=-1)  # [c]
+    target_logits = logits.gather(1, targets[:, None]).squeeze(1)  # [c]
+    loss_sum = (lse - target_logits).sum()
+    grad_logits = torch.exp(logits - lse[:, None])  # softmax, [c, vocab]
+    grad_logits.scatter_add_(1, targets[:, None], torch.full_like(target_logits[:, None], -1.0))
+    grad_logits = (grad_logits * scale).to(hidden.dtype)
+    return loss_sum, grad_logits @ weight, grad_logits.t() @ hidden  # loss, d hidden [c, d], d weight [v, d]
+
+
+_compiled_chunk_step = None
+
+
+def compile_chunk_step() -> None:
+    """Use a torch.compile'd chunk step (fuses the softmax-gradient elementwise work on GPUs)."""
+    global _compiled_chunk_step
+    _compiled_chunk_step = torch.compile(_chunk_step, fullgraph=True, dynamic=False)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_tokens: int, compute_dtype: torch.dtype):
+        step = _compiled_chunk_step or _chunk_step
+        n = hidden.shape[0]
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+            grad_hidden = torch.empty_like(h)
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for start in range(0, n, chunk_tokens):
+                chunk = slice(start, min(start + chunk_tokens, n))
+                loss_sum, grad_h, grad_w = step(h[chunk], w, targets[chunk], 1.0 / n)
+                loss += loss_sum
+                grad_hidden[chunk] = grad_h
+                grad_weight += grad_w
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        hidden_dtype, weight_dtype = ctx.dtypes
+        grads = (grad_hidden * grad_loss).to(hidden_dtype), (grad_weight * grad_loss).to(weight_dtype)
+        return *grads, None, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 4096
+) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`, without materialising all logits.
+
+    hidden [N, dim], weight [vocab, dim], targets [N] int64. Computes in the autocast dtype when autocast
+    is on (as nn.Linear would), else in the hidden states' dtype; the softmax is always fp32.
+    """
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        compute_dtype = torch.get_autocast_dtype(device_type)
+    else:
+        compute_dtype = hidden.dtype
+    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_tokens, compute_dtype)
