@@ -1,7 +1,7 @@
 # make run   — set up .venv (if missing) and run the whole pipeline on the embedded default experiment
 # make test  — set up .venv (if missing) and run the test suite (unit, multi-process, workflow, lint)
 # make lint  — ruff, snakefmt, snakemake --lint
-# make bench — benchmarks under benchmarks/ (writes their results files)
+# make bench — the CPU benchmarks under benchmarks/ (rewrites their results files)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -40,7 +40,10 @@ lint: $(STAMP)
 	snakemake --lint
 
 bench: $(STAMP)
-	@echo "no benchmarks yet: see benchmarks/README.md"
+	python benchmarks/tokenization/bench_tokenization.py
+	python benchmarks/loader/bench_loader.py
+	python benchmarks/conversion/bench_conversion.py
+	@echo "GPU: python benchmarks/throughput/bench.py --out benchmarks/throughput/results.json (on a GPU machine)"
 
 clean:
 	rm -rf .snakemake

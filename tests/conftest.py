@@ -44,7 +44,7 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def workflow_copy(tmp_path) -> Path:
     """A copy of the workflow (Snakefile, rules, scripts, schema, config) to run in isolation."""
-    for name in ("Snakefile", "workflow", "config", "profiles"):
+    for name in ("Snakefile", "workflow", "config", "profiles", "envs", "src"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, tmp_path / name)

@@ -31,13 +31,47 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One dataset of the training data (`data.sources`, an array of tables)."""
+
+    name: str = ""
+    """Dataset name; metrics report its realised token share as mixture/<name>."""
+    weight: float = 1.0
+    """Token fraction of this source (any scale >= 0; normalised over the sources, their sum must be > 0)."""
+    index: str = ""
+    """shards mode: index.json of the source's token shards."""
+    files: list[str] = field(default_factory=list)
+    """streaming mode: JSONL (.jsonl/.json, optionally .gz/.zst) or Parquet files."""
+    text_key: str = "text"
+    """streaming mode: the field of a row that holds the document text."""
+
+
+@dataclass
+class StreamingConfig:
+    tokenizer: str = ""
+    """tokenizer.json that tokenizes documents on the fly (set by the workflow)."""
+    shuffle_buffer_documents: int = 10000
+    """Documents per shuffle block: a block is read, permuted (seeded by data.seed, source, epoch and
+    block) and consumed in that order; a resume re-reads at most one block."""
+
+
+@dataclass
 class DataConfig:
     train_index: str = ""
-    """index.json of the training token shards."""
+    """index.json of the training token shards (a single source; data.sources for a mixture)."""
     seq_len: int = 128
     """Tokens per training sequence (the model sees seq_len inputs and predicts seq_len targets)."""
     seed: int = 0
     """Seed of the data order; the order is a pure function of (seed, sample index)."""
+    mode: Literal["shards", "streaming"] = "shards"
+    """shards: pre-tokenized token shards; streaming: raw files read with `datasets`, tokenized on the fly."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """The datasets of a mixture (or of a streaming run), with their token fractions."""
+    prefetch_batches: int = 2
+    """Batches a background thread prepares ahead of the training step; 0 reads in the training thread."""
+    pin_memory: bool = True
+    """Pin the prepared batches in page-locked memory (only when CUDA is available)."""
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
 
 @dataclass
@@ -81,6 +115,8 @@ class TrainingConfig:
     matmul and attention outputs, recompute norms and pointwise ops)."""
     compile: bool = False
     """torch.compile each transformer block (fullgraph)."""
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode; max-autotune benchmarks Triton matmul templates against cuBLAS (slower start)."""
     attention_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
     """SDPA kernel: auto lets PyTorch choose; the others force one backend (an error if it cannot run)."""
 
@@ -175,9 +211,20 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         annotation = hints[name]
         if dataclasses.is_dataclass(annotation):
             kwargs[name] = from_dict(annotation, value, f"{prefix}{name}.")
+        elif typing.get_origin(annotation) is list:
+            kwargs[name] = _check_list(value, typing.get_args(annotation)[0], f"{prefix}{name}")
         else:
             kwargs[name] = _check_value(value, annotation, f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def _check_list(value: Any, item: Any, key: str) -> list:
+    """A list whose items are checked one by one (tables become dataclasses), errors naming key[i]."""
+    if not isinstance(value, list):
+        raise ValueError(f"{key} must be an array, got {type(value).__name__}")
+    if dataclasses.is_dataclass(item):
+        return [from_dict(item, v, f"{key}[{i}].") for i, v in enumerate(value)]
+    return [_check_value(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
 
 
 def validate(job: JobConfig) -> None:
@@ -212,6 +259,31 @@ def validate(job: JobConfig) -> None:
             f"training.global_batch_tokens = {job.training.global_batch_tokens} is not a multiple of "
             f"data.seq_len = {job.data.seq_len}"
         )
+    _validate_data(job.data)
+
+
+def _validate_data(data: DataConfig) -> None:
+    """The data section: one way to name the sources, valid mixture weights, the mode's inputs."""
+    from lmrepro.data.mixture import check_weights
+
+    if data.prefetch_batches < 0:
+        raise ValueError(f"data.prefetch_batches must be >= 0, got {data.prefetch_batches}")
+    if data.streaming.shuffle_buffer_documents < 1:
+        buffer = data.streaming.shuffle_buffer_documents
+        raise ValueError(f"data.streaming.shuffle_buffer_documents must be >= 1, got {buffer}")
+    if data.sources and data.train_index:
+        raise ValueError("data.train_index and data.sources are both set; set one (sources for a mixture)")
+    names = [s.name for s in data.sources]
+    if not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"data.sources[].name must be distinct and non-empty, got {names}")
+    if data.sources:
+        check_weights({s.name: s.weight for s in data.sources}, "data.sources")
+    needed = "files" if data.mode == "streaming" else "index"
+    if data.mode == "streaming" and not data.sources:
+        raise ValueError("data.mode = 'streaming' reads data.sources[].files; data.sources is empty")
+    for i, source in enumerate(data.sources):
+        if not getattr(source, needed):
+            raise ValueError(f"data.sources[{i}] ({source.name}): data.mode = {data.mode!r} needs {needed}")
 
 
 def load_job_config(path: str | Path) -> JobConfig:

@@ -30,6 +30,7 @@ def _config() -> dict:
             "data": {"seq_len": 32},
             "training": {"global_batch_tokens": 512},
             "checkpoint": {"interval_steps": 5},
+            "metrics": {"log_every_steps": 1},
             "optimizer": {"lr": 0.003},
         },
     }
@@ -66,13 +67,14 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
-    """(rule, wildcards) of each job a dry run plans."""
-    jobs = re.findall(
-        r"^(?:local)?rule (\w+):\n(?:.*\n)*?(?:    wildcards: (.*)\n)?    (?:resources|jobid)",
-        result.stdout,
-        flags=re.M,
-    )
-    return [(rule, wc) for rule, wc in jobs if rule != "all"]
+    """(rule, wildcards) of each job a dry run plans (the "rule X:" blocks of its output)."""
+    jobs = []
+    for block in re.split(r"^(?:local)?rule ", result.stdout, flags=re.M)[1:]:
+        rule = block.split(":", 1)[0]
+        wildcards = re.search(r"^    wildcards: (.*)$", block, flags=re.M)
+        if rule != "all":
+            jobs.append((rule, wildcards[1] if wildcards else ""))
+    return jobs
 
 
 def results_snapshot(workdir: Path) -> dict[str, float]:
@@ -84,7 +86,7 @@ def finished_workflow(tmp_path_factory):
     from helpers import REPO
 
     workdir = tmp_path_factory.mktemp("workflow")
-    for name in ("Snakefile", "workflow", "config"):
+    for name in ("Snakefile", "workflow", "config", "envs", "src"):
         src = REPO / name
         (subprocess.run(["cp", "-r", str(src), str(workdir / name)], check=True))
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(_config()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +228,59 @@ def test_stream_too_short_for_one_window(tmp_path: Path) -> None:
     x, y = ld.next_batch()  # both samples are the single window (two epochs of one window)
     assert torch.equal(x, torch.arange(SEQ_LEN).repeat(2, 1))
     assert torch.equal(y, torch.arange(1, SEQ_LEN + 1).repeat(2, 1))
+
+
+# ------------------------------------------------------------------------------------------ prefetch
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_prefetch_gives_the_same_batches(stream: TokenStream, depth: int) -> None:
+    reference = take(loader(stream, seed=5), 12)
+    ld = loader(stream, seed=5, prefetch_batches=depth)
+    for (x, y), (xr, yr) in zip(take(ld, 12), reference, strict=True):
+        assert torch.equal(x, xr) and torch.equal(y, yr)
+        assert x.is_contiguous() and y.is_contiguous()
+    ld.close()
+
+
+def test_prefetched_batches_are_not_in_the_state(stream: TokenStream) -> None:
+    ld = loader(stream, prefetch_batches=4)
+    take(ld, 3)
+    deadline = time.monotonic() + 10
+    while ld._prefetcher._queue.qsize() < 4 and time.monotonic() < deadline:  # the thread ran ahead
+        time.sleep(0.01)
+    assert ld.state_dict()["samples_consumed"] == 3 * GLOBAL_BATCH
+    assert ld.last_batch_ids == ld.sample_ids(2)
+    # A job killed now and resumed from this state reads batch 3 next, not batch 7.
+    resumed = loader(stream, prefetch_batches=4)
+    resumed.load_state_dict(ld.state_dict())
+    x, _ = resumed.next_batch()
+    assert [int(r[0]) // SEQ_LEN for r in x] == ld.sample_ids(3)
+    ld.close()
+    resumed.close()
+
+
+def test_load_state_dict_while_prefetching_restarts_the_thread(stream: TokenStream) -> None:
+    reference = take(loader(stream), 8)
+    ld = loader(stream, prefetch_batches=2)
+    take(ld, 6)
+    ld.load_state_dict({"samples_consumed": 2 * GLOBAL_BATCH, "seed": 0, "seq_len": SEQ_LEN})
+    for (x, _), (xr, _) in zip(take(ld, 6), reference[2:], strict=True):
+        assert torch.equal(x, xr)
+    ld.close()
+
+
+def test_an_error_in_the_prefetch_thread_reaches_next_batch(stream: TokenStream) -> None:
+    ld = loader(stream, prefetch_batches=2)
+
+    def broken() -> None:
+        raise OSError("disk gone")
+
+    ld._produce = broken
+    with pytest.raises(OSError, match="disk gone"):
+        ld.next_batch()
+
+
+def test_pinning_only_when_asked_or_on_cuda(stream: TokenStream) -> None:
+    assert loader(stream).pin_memory == torch.cuda.is_available()
+    assert loader(stream, pin_memory=False).pin_memory is False

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lmrepro.data.shards import TokenStream, read_header, read_index
-from lmrepro.data.tokenize import tokenize_to_shards
+from lmrepro.data.tokenize import check_shards_match_tokenizer, split_files, tokenize_to_shards
 from lmrepro.data.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, load_tokenizer, train_bpe
 
 VOCAB = 300
@@ -50,9 +50,13 @@ def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def sample_docs() -> list[str]:
+    return sentences(60, seed=1) + ["naïve café – ünïcode €", "  leading and trailing spaces  "]
+
+
 @pytest.fixture(scope="module")
 def docs() -> list[str]:
-    return sentences(60, seed=1) + ["naïve café – ünïcode €", "  leading and trailing spaces  "]
+    return sample_docs()
 
 
 # ---------------------------------------------------------------------------------------- tokenizer
@@ -193,19 +197,20 @@ def test_tokenize_to_shards_cuts_at_document_boundaries(
     first = write_jsonl(tmp_path / "a.jsonl", docs[:30])
     second = write_jsonl(tmp_path / "b.jsonl", docs[30:])
     out = tmp_path / "shards"
-    result = tokenize_to_shards([first, second], tok_dir, out, shard_tokens=100, batch_documents=3)
+    result = tokenize_to_shards([first, second], tok_dir, out, piece_bytes=500, batch_documents=3)
     tok = load_tokenizer(tok_dir)
     expected = expected_stream(tok_dir, docs)
     index = read_index(out / "index.json")
     shards = index["shards"]
-    assert len(shards) == result["num_shards"] >= 3
+    assert len(shards) == result["num_shards"] >= 4  # pieces of ~500 bytes, never across files
     assert [s["file"] for s in shards] == [f"shard-{i:05d}.bin" for i in range(len(shards))]
     assert sum(s["num_documents"] for s in shards) == index["num_documents"] == len(docs)
     assert sum(s["num_tokens"] for s in shards) == index["num_tokens"] == len(expected)
     assert sorted(p.name for p in out.iterdir()) == sorted([s["file"] for s in shards] + ["index.json"])
+    assert not (tmp_path / ".work-shards").exists()  # the work folder goes once the output is complete
 
     concatenated: list[int] = []
-    for i, entry in enumerate(shards):
+    for entry in shards:
         path = out / entry["file"]
         header = read_header(path)
         assert header.num_tokens == entry["num_tokens"]
@@ -213,8 +218,6 @@ def test_tokenize_to_shards_cuts_at_document_boundaries(
         shard = np.fromfile(path, dtype=header.dtype, offset=64).tolist()
         assert shard[0] == tok.bos_id and shard[-1] == tok.eos_id
         assert len(split_documents(shard, tok.bos_id, tok.eos_id)) == entry["num_documents"]
-        if i < len(shards) - 1:
-            assert entry["num_tokens"] >= 100
         concatenated += shard
     assert concatenated == expected
 
@@ -248,3 +251,244 @@ def test_tokenize_row_without_text(tok_dir: Path, tmp_path: Path) -> None:
     assert f"{src}:2:" in str(e.value)
     assert "'text'" in str(e.value) and "'body'" in str(e.value)
     assert not (out / "index.json").exists()
+
+
+def test_row_error_in_a_later_piece_names_the_file_line(tok_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"text": f"document {i} " * 5}) for i in range(40)]
+    lines[33] = "{not json"
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as e:
+        tokenize_to_shards([src], tok_dir, tmp_path / "shards", piece_bytes=300)
+    assert f"{src}:34: not valid JSON" in str(e.value)
+
+
+# ---------------------------------------------------------------------------- formats and the raw/ manifest
+
+
+def write_formats(root: Path, texts: list[str]) -> dict[str, Path]:
+    """The same documents as JSONL, gzipped JSONL, Parquet (several row groups) and Arrow (file, stream)."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"id": list(range(len(texts))), "content": texts})
+    paths = {"jsonl": write_jsonl(root / "d.jsonl", texts, key="content")}
+    paths["jsonl.gz"] = root / "d.jsonl.gz"
+    paths["jsonl.gz"].write_bytes(gzip.compress(paths["jsonl"].read_bytes()))
+    paths["parquet"] = root / "d.parquet"
+    pq.write_table(table, paths["parquet"], row_group_size=7)
+    paths["arrow-file"] = root / "file.arrow"
+    with pa.ipc.new_file(paths["arrow-file"], table.schema) as writer:
+        writer.write_table(table, max_chunksize=5)
+    paths["arrow-stream"] = root / "stream.arrow"
+    with pa.ipc.new_stream(paths["arrow-stream"], table.schema) as writer:
+        writer.write_table(table, max_chunksize=5)
+    return paths
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "parquet", "arrow-file", "arrow-stream"])
+def test_formats_give_the_same_stream(tok_dir: Path, docs: list[str], tmp_path: Path, fmt: str) -> None:
+    path = write_formats(tmp_path / "data", docs)[fmt]
+    out = tmp_path / "shards"
+    result = tokenize_to_shards([path], tok_dir, out, text_field="content", piece_bytes=400)
+    stream = TokenStream(out / "index.json", verify_checksums=True)
+    assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, docs)
+    if fmt in ("jsonl", "parquet", "arrow-file", "arrow-stream"):
+        assert result["num_shards"] > 1  # cut into pieces
+    assert read_index(out / "index.json")["source"]["text_field"] == "content"
+
+
+def test_text_files_are_one_document_each(tok_dir: Path, docs: list[str], tmp_path: Path) -> None:
+    files = []
+    for i, text in enumerate(docs[:5]):
+        files.append(tmp_path / f"doc{i}.txt")
+        files[-1].write_text(text)
+    tokenize_to_shards(files, tok_dir, tmp_path / "shards")
+    stream = TokenStream(tmp_path / "shards" / "index.json")
+    assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, docs[:5])
+
+
+def test_missing_text_column_names_the_file(tok_dir: Path, docs: list[str], tmp_path: Path) -> None:
+    path = write_formats(tmp_path / "data", docs)["parquet"]
+    with pytest.raises(ValueError) as e:
+        tokenize_to_shards([path], tok_dir, tmp_path / "shards")
+    assert str(path) in str(e.value) and "'text'" in str(e.value) and "content" in str(e.value)
+
+
+def test_unsupported_file_type(tok_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("text\nhello\n")
+    with pytest.raises(ValueError, match=r"data\.csv: unsupported file type"):
+        tokenize_to_shards([path], tok_dir, tmp_path / "shards")
+
+
+def test_split_files_from_manifest(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    manifest = {
+        "splits": {"train": {"files": ["snapshot/a.parquet", "/abs/b.parquet"]}},
+        "text_field": "body",
+    }
+    (raw / "manifest.json").write_text(json.dumps(manifest))
+    assert split_files(raw, "train") == ([raw / "snapshot/a.parquet", Path("/abs/b.parquet")], "body")
+    with pytest.raises(ValueError, match=r"no split 'heldout'; valid: \['train'\]"):
+        split_files(raw, "heldout")
+    # A raw/ folder of an earlier lmrepro: {split}.jsonl files listed under "files" only.
+    (raw / "manifest.json").write_text(json.dumps({"files": {"train.jsonl": {}, "mc.jsonl": {}}}))
+    assert split_files(raw, "train") == ([raw / "train.jsonl"], "text")
+
+
+# ---------------------------------------------------------------------------------- parallel and restart
+
+
+def test_parallel_encoding_gives_the_same_shards(tok_dir: Path, docs: list[str], tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "d.jsonl", docs * 4)
+    one = tokenize_to_shards([src], tok_dir, tmp_path / "one", piece_bytes=2000)
+    two = tokenize_to_shards([src], tok_dir, tmp_path / "two", piece_bytes=2000, num_proc=2)
+    assert one == two and one["num_shards"] >= 3
+    index_one, index_two = read_index(tmp_path / "one/index.json"), read_index(tmp_path / "two/index.json")
+    assert index_one["shards"] == index_two["shards"]  # same files, tokens, documents and sha256
+
+
+def _bad_second_file(tmp_path: Path, docs: list[str]) -> list[Path]:
+    good = write_jsonl(tmp_path / "a.jsonl", docs)
+    bad = tmp_path / "b.jsonl"
+    bad.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"body": "no text"}) + "\n")
+    return [good, bad]
+
+
+def test_finished_shards_survive_a_failure(
+    tok_dir: Path, docs: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = _bad_second_file(tmp_path, docs)
+    out, work = tmp_path / "shards", tmp_path / ".work-shards"
+    with pytest.raises(ValueError, match=r"b\.jsonl:2:"):
+        tokenize_to_shards(files, tok_dir, out, piece_bytes=1000)
+    assert not out.exists()  # nothing that looks complete
+    kept = sorted(work.glob("shard-*.bin"))
+    assert len(kept) >= 2  # the pieces of a.jsonl were finished before b.jsonl failed
+    inodes = {p.name: p.stat().st_ino for p in kept}
+    mtimes = {p.name: p.stat().st_mtime_ns for p in kept}
+
+    files[1].write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": "fixed"}) + "\n")
+    caplog.set_level("INFO", logger="lmrepro.data.tokenize")
+    tokenize_to_shards(files, tok_dir, out, piece_bytes=1000)
+    assert f"{len(kept)} shards kept from a failed attempt" in caplog.text
+    assert not work.exists()
+    # The kept shards were moved, not re-encoded: same inode and modification time.
+    index = read_index(out / "index.json")
+    moved = {e["file"]: out / e["file"] for e in index["shards"][: len(kept)]}
+    assert sorted(p.stat().st_ino for p in moved.values()) == sorted(inodes.values())
+    assert sorted(p.stat().st_mtime_ns for p in moved.values()) == sorted(mtimes.values())
+    stream = TokenStream(out / "index.json", verify_checksums=True)
+    assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, [*docs, "fine", "fixed"])
+
+
+def test_corrupted_kept_shard_is_encoded_again(tok_dir: Path, docs: list[str], tmp_path: Path) -> None:
+    files = _bad_second_file(tmp_path, docs)
+    out, work = tmp_path / "shards", tmp_path / ".work-shards"
+    with pytest.raises(ValueError):
+        tokenize_to_shards(files, tok_dir, out, piece_bytes=1000)
+    first = work / "shard-00000.bin"
+    data = bytearray(first.read_bytes())
+    data[70] ^= 0xFF  # a flipped token byte: the header is fine, the checksum is not
+    first.write_bytes(bytes(data))
+    (work / "shard-00001.bin").write_bytes(b"NOTASHARD" * 10)  # a foreign header
+    files[1].write_text(json.dumps({"text": "fixed"}) + "\n")
+    tokenize_to_shards(files, tok_dir, out, piece_bytes=1000)
+    stream = TokenStream(out / "index.json", verify_checksums=True)
+    assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, [*docs, "fixed"])
+
+
+def test_shards_of_changed_input_are_encoded_again(tok_dir: Path, docs: list[str], tmp_path: Path) -> None:
+    files = _bad_second_file(tmp_path, docs)
+    out, work = tmp_path / "shards", tmp_path / ".work-shards"
+    with pytest.raises(ValueError):
+        tokenize_to_shards(files, tok_dir, out, piece_bytes=1000)
+    stale = work / "shard-00000.bin"
+    assert stale.is_file()
+    write_jsonl(files[0], list(reversed(docs)))  # the first file changed: its old shards are stale
+    files[1].write_text(json.dumps({"text": "fixed"}) + "\n")
+    tokenize_to_shards(files, tok_dir, out, piece_bytes=1000)
+    stream = TokenStream(out / "index.json")
+    assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, [*reversed(docs), "fixed"])
+
+
+def test_token_id_outside_the_vocabulary_is_an_error(tok_dir: Path, tmp_path: Path) -> None:
+    """An encoder that returns an id >= vocab_size stops with the shard and the source piece named."""
+    from lmrepro.data.readers import plan_pieces
+    from lmrepro.data.tokenize import _encode_piece
+
+    class Broken:
+        vocab_size, bos_id, eos_id = 300, 0, 1
+
+        def encode_batch(self, texts: list[str]) -> list[list[int]]:
+            return [[5, 70000] for _ in texts]
+
+    src = write_jsonl(tmp_path / "d.jsonl", ["a", "b"])
+    (piece,) = plan_pieces([src], 1 << 20)
+    with pytest.raises(ValueError) as e:
+        _encode_piece(Broken(), 0, "key", piece, tmp_path, "text", 16)  # type: ignore[arg-type]
+    assert "token id 70000 out of range for vocab_size 300" in str(e.value)
+    assert str(src) in str(e.value) and "shard-00000.bin" in str(e.value)
+
+
+def test_empty_file_among_others_makes_no_shard(tok_dir: Path, docs: list[str], tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    src = write_jsonl(tmp_path / "d.jsonl", docs)
+    result = tokenize_to_shards([empty, src], tok_dir, tmp_path / "shards")
+    assert result["num_shards"] == 1
+    assert read_index(tmp_path / "shards/index.json")["shards"][0]["file"] == "shard-00000.bin"
+
+
+# ------------------------------------------------------------------------- shards vs the run's tokenizer
+
+
+def test_shards_must_match_the_tokenizer(tok_dir: Path, docs: list[str], tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "d.jsonl", docs)
+    tokenize_to_shards([src], tok_dir, tmp_path / "shards")
+    index_path = tmp_path / "shards" / "index.json"
+    assert check_shards_match_tokenizer(index_path, tok_dir)["num_documents"] == len(docs)
+    other = train_bpe([write_jsonl(tmp_path / "o.jsonl", sentences(200, seed=5))], VOCAB + 20, tmp_path / "o")
+    with pytest.raises(ValueError) as e:
+        check_shards_match_tokenizer(index_path, other)
+    msg = str(e.value)
+    assert str(index_path) in msg and str(other) in msg
+    assert "tokenizer_sha256" in msg and f"vocab_size: shards {VOCAB}, tokenizer {VOCAB + 20}" in msg
+
+
+def test_jsonl_edge_cases(tok_dir: Path, tmp_path: Path) -> None:
+    """A raw U+2028 inside a JSON string is not a line break; invalid UTF-8 is named with its byte."""
+    odd = "line\u2028separator and paragraph\u2029separator"
+    src = tmp_path / "d.jsonl"
+    src.write_text(json.dumps({"text": odd}, ensure_ascii=False) + "\n" + json.dumps({"text": "x"}) + "\n")
+    tokenize_to_shards([src], tok_dir, tmp_path / "shards")
+    stream = TokenStream(tmp_path / "shards" / "index.json")
+    assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, [odd, "x"])
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
+    with pytest.raises(ValueError, match=rf"{bad}: not UTF-8 at byte 25"):
+        tokenize_to_shards([bad], tok_dir, tmp_path / "bad-shards")
+
+
+def test_zstd_jsonl_needs_zstandard(tok_dir: Path, docs: list[str], tmp_path: Path) -> None:
+    try:
+        import zstandard
+    except ImportError:
+        path = tmp_path / "d.jsonl.zst"
+        path.write_bytes(b"\x28\xb5\x2f\xfd")
+        with pytest.raises(ValueError, match=r"d\.jsonl\.zst: reading \.zst files needs the `zstandard`"):
+            tokenize_to_shards([path], tok_dir, tmp_path / "shards")
+        return
+    path = tmp_path / "d.jsonl.zst"
+    path.write_bytes(
+        zstandard.ZstdCompressor().compress(write_jsonl(tmp_path / "d.jsonl", docs).read_bytes())
+    )
+    tokenize_to_shards([path], tok_dir, tmp_path / "shards")
+    stream = TokenStream(tmp_path / "shards" / "index.json")
+    assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, docs)

@@ -1,19 +1,29 @@
 rule prepare_dataset:
-    """Raw documents of one dataset: generated (synthetic) or copied from local files, + manifest.json."""
+    """Raw documents of one dataset + manifest.json: generated (synthetic), local files, or a Hub snapshot.
+
+    Hub data goes to the Hugging Face cache (HF_HUB_CACHE / HF_HOME, HF_TOKEN, HF_HUB_OFFLINE from the
+    environment); raw/snapshot links to the cached snapshot of the pinned revision.
+    """
+    input:
+        files=dataset_local_files,
     output:
         raw=directory("results/data/{dataset}/raw"),
     log:
         "results/logs/prepare_dataset/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare_dataset/{dataset}.tsv"
     conda:
         LMREPRO_ENV
+    threads: download_threads
     params:
         spec=dataset_spec,
     shell:
-        "python workflow/scripts/prepare_dataset.py --spec {params.spec:q} --out {output.raw} > {log} 2>&1"
+        "python workflow/scripts/prepare_dataset.py --spec {params.spec:q} --name {wildcards.dataset} "
+        "--max-workers {threads} --out {output.raw} > {log} 2>&1"
 
 
 rule train_tokenizer:
-    """A byte-level BPE trained with `tokenizers` on the dataset's train split."""
+    """A byte-level BPE trained with `tokenizers` on the dataset's train split (kind bpe)."""
     input:
         raw=tokenizer_train_raw,
     output:
@@ -22,17 +32,42 @@ rule train_tokenizer:
         "results/logs/train_tokenizer/{tokenizer}.log",
     benchmark:
         "results/benchmarks/train_tokenizer/{tokenizer}.tsv"
+    wildcard_constraints:
+        tokenizer=tokenizers_of_kind("bpe"),
     conda:
         LMREPRO_ENV
     params:
         vocab_size=tokenizer_vocab_size,
     shell:
-        "python workflow/scripts/train_tokenizer.py --train {input.raw}/train.jsonl "
+        "python workflow/scripts/train_tokenizer.py --raw {input.raw} "
         "--vocab-size {params.vocab_size} --out $(dirname {output.tokenizer}) > {log} 2>&1"
 
 
+rule import_tokenizer:
+    """A pretrained tokenizer (kinds hf, tiktoken, sentencepiece), with tokenizer.json for the HF export."""
+    input:
+        source=tokenizer_source,
+    output:
+        tokenizer="results/tokenizers/{tokenizer}/tokenizer.json",
+    log:
+        "results/logs/import_tokenizer/{tokenizer}.log",
+    wildcard_constraints:
+        tokenizer=tokenizers_of_kind("hf", "tiktoken", "sentencepiece"),
+    conda:
+        LMREPRO_ENV
+    params:
+        spec=tokenizer_spec,
+    shell:
+        "python workflow/scripts/import_tokenizer.py --spec {params.spec:q} --name {wildcards.tokenizer} "
+        "--out $(dirname {output.tokenizer}) > {log} 2>&1"
+
+
 rule tokenize:
-    """One split of a dataset encoded into binary token shards + index.json."""
+    """One split of a dataset encoded into binary token shards + index.json, in `threads` processes.
+
+    Finished shards wait in the undeclared results/data/{dataset}/{tokenizer}/.work-{split}/ until all are
+    done, so a rerun after a failure encodes only the missing ones.
+    """
     input:
         raw="results/data/{dataset}/raw",
         tokenizer="results/tokenizers/{tokenizer}/tokenizer.json",
@@ -44,6 +79,7 @@ rule tokenize:
         "results/benchmarks/tokenize/{dataset}/{tokenizer}/{split}.tsv"
     conda:
         LMREPRO_ENV
+    threads: tokenize_threads
     shell:
-        "python workflow/scripts/tokenize_split.py --input {input.raw}/{wildcards.split}.jsonl "
-        "--tokenizer $(dirname {input.tokenizer}) --out {output.shards} > {log} 2>&1"
+        "python workflow/scripts/tokenize_split.py --raw {input.raw} --split {wildcards.split} "
+        "--tokenizer $(dirname {input.tokenizer}) --num-proc {threads} --out {output.shards} > {log} 2>&1"

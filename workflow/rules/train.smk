@@ -3,7 +3,7 @@ rule render_train_config:
     input:
         preset=run_preset,
         tokenizer=run_tokenizer_file,
-        shards=run_train_shards,
+        data=run_train_data,
     output:
         config="results/runs/{run}/train.toml",
     log:
@@ -14,29 +14,36 @@ rule render_train_config:
         settings=render_settings,
     shell:
         "python workflow/scripts/render_train_config.py --run {wildcards.run} --settings {params.settings:q} "
-        "--tokenizer {input.tokenizer} --train-index {input.shards}/index.json --out {output.config} "
-        "> {log} 2>&1"
+        "--tokenizer {input.tokenizer} --train-data {input.data} --out {output.config} > {log} 2>&1"
 
 
 rule init_checkpoint:
-    """step-0: the seeded random initialisation (model only), shared by every parallel layout."""
+    """step-0 (model only), shared by every parallel layout: the seeded random initialisation, or the
+    weights of the converted base that runs.<run>.init names (init.json says what came from where).
+    """
     input:
         config="results/runs/{run}/train.toml",
+        base=run_init_base,
     output:
         checkpoint=directory("results/runs/{run}/checkpoints/step-0"),
     log:
         "results/logs/init_checkpoint/{run}.log",
+    benchmark:
+        "results/benchmarks/init_checkpoint/{run}.tsv"
     conda:
         LMREPRO_ENV
+    params:
+        base=init_base_arg,
     shell:
-        "python workflow/scripts/init_checkpoint.py --config {input.config} --save-to {output.checkpoint} "
-        "> {log} 2>&1"
+        "python workflow/scripts/init_checkpoint.py --config {input.config} {params.base} "
+        "--save-to {output.checkpoint} > {log} 2>&1"
 
 
 rule train_segment:
     """One segment: resume from the previous segment's checkpoint, train to step N, save step-N.
 
-    Rolling checkpoints and metrics live in the undeclared state/ folder, so a retried job resumes.
+    Rolling checkpoints and metrics live in the undeclared state/ folder, so a retried job resumes. The
+    launcher (train_launcher) runs torchrun on one node, or on every node of a Slurm job (profiles/slurm).
     """
     input:
         config="results/runs/{run}/train.toml",
@@ -49,7 +56,7 @@ rule train_segment:
         "results/benchmarks/train_segment/{run}/step-{step}.tsv"
     wildcard_constraints:
         step=r"[1-9]\d*",
-    retries: 1
+    retries: segment_retries()
     conda:
         LMREPRO_ENV
     threads: 2

@@ -1,4 +1,4 @@
-"""Write a run's step-0 checkpoint: the seeded random initialisation (model only, DCP)."""
+"""Write a run's step-0 checkpoint (model only, DCP): the seeded random init, or a converted base."""
 
 import argparse
 from pathlib import Path
@@ -12,8 +12,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="results/runs/{run}/train.toml")
     parser.add_argument("--save-to", required=True, help="results/runs/{run}/checkpoints/step-0")
+    parser.add_argument("--base", help="a converted base, results/init/{base}/dcp (runs.<run>.init)")
     args = parser.parse_args()
-    meta = init_checkpoint(load_job_config(args.config), Path(args.save_to))
+    base = Path(args.base) if args.base else None
+    meta = init_checkpoint(load_job_config(args.config), Path(args.save_to), base=base)
     print(f"wrote {args.save_to} ({meta['checkpoint_id']})")
 
 

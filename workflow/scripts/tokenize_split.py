@@ -1,19 +1,37 @@
-"""Encode a JSONL split into binary token shards with index.json (BOS + text + EOS per document)."""
+"""Encode one split of a prepared dataset (or data files) into binary token shards with index.json.
+
+Parallel over pieces of the input; restartable: finished shards wait in a work folder next to --out.
+"""
 
 import argparse
 
 from lmrepro.cli import run_main
-from lmrepro.data.tokenize import tokenize_to_shards
+from lmrepro.data.tokenize import DEFAULT_PIECE_BYTES, split_files, tokenize_to_shards
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input", nargs="+", required=True, help="JSONL files with a `text` field")
-    parser.add_argument("--tokenizer", required=True, help="tokenizer folder (tokenizer.json)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--raw", help="a prepared dataset (results/data/{dataset}/raw); needs --split")
+    source.add_argument("--input", nargs="+", help="JSONL/Parquet/Arrow/text files")
+    parser.add_argument("--split", help="the split of --raw to encode")
+    parser.add_argument("--text-field", default="text", help="with --input: the field holding the text")
+    parser.add_argument("--tokenizer", required=True, help="results/tokenizers/{tokenizer}")
     parser.add_argument("--out", required=True, help="results/data/{dataset}/{tokenizer}/{split}")
-    parser.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard (about)")
+    parser.add_argument("--num-proc", type=int, default=1, help="encoding processes")
+    parser.add_argument("--piece-bytes", type=int, default=DEFAULT_PIECE_BYTES, help="input bytes per shard")
     args = parser.parse_args()
-    tokenize_to_shards(args.input, args.tokenizer, args.out, shard_tokens=args.shard_tokens)
+    if args.raw and not args.split:
+        parser.error("--raw needs --split")
+    files, text_field = split_files(args.raw, args.split) if args.raw else (args.input, args.text_field)
+    tokenize_to_shards(
+        files,
+        args.tokenizer,
+        args.out,
+        text_field=text_field,
+        piece_bytes=args.piece_bytes,
+        num_proc=args.num_proc,
+    )
 
 
 if __name__ == "__main__":

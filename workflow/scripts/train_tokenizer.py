@@ -1,18 +1,22 @@
-"""Train a byte-level BPE on JSONL documents (`text` field) and save it as a Hugging Face folder."""
+"""Train a byte-level BPE on a dataset's train split (or on data files); save it as a Hugging Face folder."""
 
 import argparse
 
 from lmrepro.cli import run_main
+from lmrepro.data.tokenize import split_files
 from lmrepro.data.tokenizer import load_tokenizer, train_bpe
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--train", nargs="+", required=True, help="JSONL files to learn merges from")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--raw", help="a prepared dataset (results/data/{dataset}/raw): its train split")
+    source.add_argument("--train", nargs="+", help="data files to learn merges from (`text` field)")
     parser.add_argument("--vocab-size", type=int, required=True)
     parser.add_argument("--out", required=True, help="results/tokenizers/{tokenizer}")
     args = parser.parse_args()
-    out = train_bpe(args.train, args.vocab_size, args.out)
+    files, text_field = split_files(args.raw, "train") if args.raw else (args.train, "text")
+    out = train_bpe(files, args.vocab_size, args.out, text_field=text_field)
     tok = load_tokenizer(out)
     print(f"trained BPE: vocab {tok.vocab_size}, bos {tok.bos_id}, eos {tok.eos_id} → {out}")
 

@@ -11,21 +11,25 @@ Two differences besides names:
   three: 5.x lets a non-null ``rope_scaling`` take precedence and fills its ``rope_theta`` from the
   top-level key, so both generations load the same model. We read either form.
 
-Only torch + safetensors are needed here; transformers is not imported.
+Folders are written tensor by tensor (:func:`write_hf_folder`, on :mod:`.safetensors_io`), so an export
+holds about one tensor, never the whole model; :mod:`.convert` reads them the same way. Only torch +
+safetensors are needed here; transformers is not imported.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import math
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from lmrepro.model.llama import ModelArgs, RopeScaling
+from lmrepro.checkpoint.safetensors_io import write_safetensors
+from lmrepro.model.llama import ModelArgs, RopeScaling, Transformer
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -55,8 +59,8 @@ _TOP_KEYS = {
 def hf_config(
     args: ModelArgs,
     *,
-    bos_token_id: int | None,
-    eos_token_id: int | None,
+    bos_token_id: int | list[int] | None,
+    eos_token_id: int | list[int] | None,
     pad_token_id: int | None = None,
     torch_dtype: str = "float32",
 ) -> dict[str, Any]:
@@ -165,7 +169,62 @@ def args_from_hf_config(cfg: dict[str, Any]) -> ModelArgs:
     )
 
 
-# -------------------------------------------------------------------------------------- state dicts
+# ------------------------------------------------------------------------------------ tensor by tensor
+
+
+def hf_name(key: str) -> str:
+    """Our parameter name -> Hugging Face's (ValueError for a name that is no Llama parameter)."""
+    if key in _TOP_KEYS:
+        return _TOP_KEYS[key]
+    split = _split_layer_key(key, "layers.")
+    if split is None or split[1] not in _LAYER_KEYS:
+        raise ValueError(f"unexpected key {key!r} in state dict (not a Llama parameter name)")
+    return f"model.layers.{split[0]}.{_LAYER_KEYS[split[1]]}"
+
+
+def our_name(hf_key: str) -> str:
+    """Hugging Face parameter name -> ours (ValueError for a name that is no LlamaForCausalLM parameter)."""
+    top = {hf: ours for ours, hf in _TOP_KEYS.items()}
+    if hf_key in top:
+        return top[hf_key]
+    layer_keys = {hf: ours for ours, hf in _LAYER_KEYS.items()}
+    split = _split_layer_key(hf_key, "model.layers.")
+    if split is None or split[1] not in layer_keys:
+        raise ValueError(f"unexpected key {hf_key!r} in HF state dict (not a LlamaForCausalLM parameter)")
+    return f"layers.{split[0]}.{layer_keys[split[1]]}"
+
+
+def is_rope_buffer(hf_key: str) -> bool:
+    """A RoPE buffer that old transformers versions saved; we recompute RoPE from the config."""
+    return hf_key.endswith("rotary_emb.inv_freq")
+
+
+def to_hf_tensor(key: str, value: torch.Tensor, args: ModelArgs) -> torch.Tensor:
+    """Our tensor -> HF layout: wq/wk rows go from interleaved to rotate-half RoPE pairs."""
+    if key.endswith("attention.wq.weight"):
+        return _to_rotate_half(value, args.n_heads)
+    if key.endswith("attention.wk.weight"):
+        return _to_rotate_half(value, args.n_kv_heads)
+    return value
+
+
+def from_hf_tensor(key: str, value: torch.Tensor, args: ModelArgs) -> torch.Tensor:
+    """HF tensor (named by our ``key``) -> our layout; inverse of :func:`to_hf_tensor`."""
+    if key.endswith("attention.wq.weight"):
+        return _to_interleaved(value, args.n_heads)
+    if key.endswith("attention.wk.weight"):
+        return _to_interleaved(value, args.n_kv_heads)
+    return value
+
+
+def model_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+    """Every stored parameter of our model in state-dict order, with its shape.
+
+    With tied embeddings ``output.weight`` is left out: it is ``tok_embeddings.weight``.
+    """
+    with torch.device("meta"):
+        sd = Transformer(args).state_dict()
+    return {k: tuple(v.shape) for k, v in sd.items() if not (args.tie_embeddings and k == "output.weight")}
 
 
 def _to_rotate_half(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -190,51 +249,31 @@ def _split_layer_key(key: str, prefix: str) -> tuple[str, str] | None:
     return (layer, rest) if layer.isdigit() else None
 
 
+# -------------------------------------------------------------------------------------- state dicts
+
+
 def to_hf_state_dict(sd: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
     """Our (Meta-named) state dict -> HF names; with tied embeddings ``lm_head.weight`` is omitted."""
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        if key in _TOP_KEYS:
-            if key == "output.weight" and args.tie_embeddings:
-                continue  # HF re-ties lm_head to embed_tokens on load
-            out[_TOP_KEYS[key]] = value
-            continue
-        split = _split_layer_key(key, "layers.")
-        if split is None or split[1] not in _LAYER_KEYS:
-            raise ValueError(f"unexpected key {key!r} in state dict (not a Llama parameter name)")
-        layer, rest = split
-        if rest == "attention.wq.weight":
-            value = _to_rotate_half(value, args.n_heads)
-        elif rest == "attention.wk.weight":
-            value = _to_rotate_half(value, args.n_kv_heads)
-        out[f"model.layers.{layer}.{_LAYER_KEYS[rest]}"] = value
+        name = hf_name(key)
+        if key == "output.weight" and args.tie_embeddings:
+            continue  # HF re-ties lm_head to embed_tokens on load
+        out[name] = to_hf_tensor(key, value, args)
     _check_complete(out, _expected_hf_keys(args), "converted HF")
     return out
 
 
 def from_hf_state_dict(sd: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
     """HF state dict -> ours; with tied embeddings ``output.weight`` is the embedding tensor itself."""
-    top = {hf: ours for ours, hf in _TOP_KEYS.items()}
-    layer_keys = {hf: ours for ours, hf in _LAYER_KEYS.items()}
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        if key.endswith("rotary_emb.inv_freq"):
-            continue  # a buffer that old transformers versions saved; we recompute RoPE
-        if key in top:
-            if key == "lm_head.weight" and args.tie_embeddings:
-                continue  # some tied checkpoints still carry a copy; the embedding is authoritative
-            out[top[key]] = value
+        if is_rope_buffer(key):
             continue
-        split = _split_layer_key(key, "model.layers.")
-        if split is None or split[1] not in layer_keys:
-            raise ValueError(f"unexpected key {key!r} in HF state dict (not a LlamaForCausalLM parameter)")
-        layer, rest = split
-        ours = layer_keys[rest]
-        if ours == "attention.wq.weight":
-            value = _to_interleaved(value, args.n_heads)
-        elif ours == "attention.wk.weight":
-            value = _to_interleaved(value, args.n_kv_heads)
-        out[f"layers.{layer}.{ours}"] = value
+        ours = our_name(key)
+        if ours == "output.weight" and args.tie_embeddings:
+            continue  # some tied checkpoints still carry a copy; the embedding is authoritative
+        out[ours] = from_hf_tensor(ours, value, args)
     if args.tie_embeddings and "tok_embeddings.weight" in out:
         out["output.weight"] = out["tok_embeddings.weight"]
     expected = {f"layers.{i}.{k}" for i in range(args.n_layers) for k in _LAYER_KEYS} | set(_TOP_KEYS)
@@ -243,11 +282,7 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], args: ModelArgs) -> dict[str
 
 
 def _expected_hf_keys(args: ModelArgs) -> set[str]:
-    keys = {f"model.layers.{i}.{k}" for i in range(args.n_layers) for k in _LAYER_KEYS.values()}
-    keys |= {"model.embed_tokens.weight", "model.norm.weight"}
-    if not args.tie_embeddings:
-        keys.add("lm_head.weight")
-    return keys
+    return {hf_name(k) for k in model_shapes(args)}
 
 
 def _check_complete(sd: dict[str, torch.Tensor], expected: set[str], what: str) -> None:
@@ -263,69 +298,79 @@ def _check_complete(sd: dict[str, torch.Tensor], expected: set[str], what: str) 
 # ------------------------------------------------------------------------------------------ folders
 
 
-def _shards(sd: dict[str, torch.Tensor], max_shard_bytes: int) -> list[dict[str, torch.Tensor]]:
-    """Greedy split in key order; a tensor larger than max_shard_bytes gets a shard of its own."""
-    shards: list[dict[str, torch.Tensor]] = [{}]
+def _plan_shards(items: list[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
+    """Greedy split in order; an item larger than max_shard_bytes gets a shard of its own."""
+    shards: list[list[str]] = [[]]
     size = 0
-    for key, t in sd.items():
-        nbytes = t.numel() * t.element_size()
+    for key, nbytes in items:
         if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
+            shards.append([])
             size = 0
-        shards[-1][key] = t
+        shards[-1].append(key)
         size += nbytes
     return shards
 
 
-def save_hf_folder(
-    state_dict: dict[str, torch.Tensor],
+def write_hf_folder(
+    get_tensor: Callable[[str], torch.Tensor],
     args: ModelArgs,
     out_dir: str | Path,
     *,
     tokenizer_dir: str | Path | None,
-    bos_token_id: int | None,
-    eos_token_id: int | None,
+    bos_token_id: int | list[int] | None,
+    eos_token_id: int | list[int] | None,
     dtype: torch.dtype = torch.float32,
     max_shard_bytes: int = 2**30,
 ) -> None:
-    """Write a folder that ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer`` load.
+    """Write a folder that ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer`` load, streaming.
 
-    Everything is written into a hidden sibling folder that is renamed to ``out_dir`` at the very end, so
-    an interrupted export never leaves a complete-looking folder (an existing ``out_dir`` is replaced).
-    Every file of ``tokenizer_dir`` is copied (not subfolders), except weights and files we write
-    ourselves (config.json, generation_config.json): the model's own files must win.
+    ``get_tensor(key)`` returns one of our parameters (any dtype); it is called once per parameter, in
+    state-dict order, and the tensor is written and dropped before the next call, so memory stays at
+    about one tensor (two for wq/wk, which are permuted). Everything goes into a hidden ``.partial``
+    sibling that is renamed to ``out_dir`` at the very end, so an interrupted export never leaves a
+    complete-looking folder (an existing ``out_dir`` is replaced). Every file of ``tokenizer_dir`` is
+    copied (not subfolders), except weights and the files we write ourselves (config.json,
+    generation_config.json): the model's own files must win.
     """
     out_dir = Path(out_dir)
     if tokenizer_dir is not None and not Path(tokenizer_dir).is_dir():
         raise FileNotFoundError(f"tokenizer_dir {str(tokenizer_dir)!r} is not a directory")
-    hf_sd = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in state_dict.items()}
-    hf_sd = to_hf_state_dict(hf_sd, args)
+    shapes = model_shapes(args)
     torch_dtype = str(dtype).removeprefix("torch.")
     config = hf_config(args, bos_token_id=bos_token_id, eos_token_id=eos_token_id, torch_dtype=torch_dtype)
     generation_config = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id}
 
+    def hf_tensors(keys: list[str]) -> Iterator[torch.Tensor]:
+        for key in keys:
+            value = get_tensor(key).detach().to(device="cpu", dtype=dtype)
+            if tuple(value.shape) != shapes[key]:
+                raise ValueError(
+                    f"{key}: tensor has shape {list(value.shape)}, the model args say {list(shapes[key])}"
+                )
+            yield to_hf_tensor(key, value, args)
+
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    tmp_dir = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir()
     try:
-        shards = _shards(hf_sd, max_shard_bytes)
-        if len(shards) == 1:
-            save_file(shards[0], tmp_dir / SINGLE_FILE, metadata={"format": "pt"})
-        else:
-            weight_map = {}
-            for i, shard in enumerate(shards, start=1):
-                name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, tmp_dir / name, metadata={"format": "pt"})
-                weight_map.update(dict.fromkeys(shard, name))
-            total = sum(t.numel() * t.element_size() for t in hf_sd.values())
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            _write_json(tmp_dir / INDEX_FILE, index)
+        shards = _plan_shards(
+            [(k, math.prod(s) * dtype.itemsize) for k, s in shapes.items()], max_shard_bytes
+        )
+        weight_map = {}
+        for i, keys in enumerate(shards, start=1):
+            name = SINGLE_FILE if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            entries = [(hf_name(k), dtype, shapes[k]) for k in keys]
+            write_safetensors(tmp_dir / name, entries, hf_tensors(keys), {"format": "pt"})
+            weight_map.update(dict.fromkeys((hf_name(k) for k in keys), name))
+        if len(shards) > 1:
+            total = sum(math.prod(s) * dtype.itemsize for s in shapes.values())
+            _write_json(tmp_dir / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
         _write_json(tmp_dir / "config.json", config)
         _write_json(tmp_dir / "generation_config.json", generation_config)
         if tokenizer_dir is not None:
             for f in sorted(Path(tokenizer_dir).iterdir()):
-                is_weights = f.name.endswith((".safetensors", ".safetensors.index.json", ".bin"))
+                is_weights = f.name.endswith((".safetensors", ".safetensors.index.json", ".bin", ".pth"))
                 if f.is_file() and not is_weights and not (tmp_dir / f.name).exists():
                     shutil.copy2(f, tmp_dir / f.name)
         if out_dir.exists():
@@ -336,33 +381,82 @@ def save_hf_folder(
         raise
 
 
+def save_hf_folder(
+    state_dict: dict[str, torch.Tensor],
+    args: ModelArgs,
+    out_dir: str | Path,
+    *,
+    tokenizer_dir: str | Path | None,
+    bos_token_id: int | list[int] | None,
+    eos_token_id: int | list[int] | None,
+    dtype: torch.dtype = torch.float32,
+    max_shard_bytes: int = 2**30,
+) -> None:
+    """:func:`write_hf_folder` from an in-memory state dict (our names), checked for missing/extra keys."""
+    if tokenizer_dir is not None and not Path(tokenizer_dir).is_dir():
+        raise FileNotFoundError(f"tokenizer_dir {str(tokenizer_dir)!r} is not a directory")
+    for key in state_dict:
+        hf_name(key)  # a name that is no Llama parameter is an error, not silently dropped
+    missing = [k for k in model_shapes(args) if k not in state_dict]
+    if missing:
+        raise ValueError(f"state dict is missing {missing[:5]}" + (" …" if len(missing) > 5 else ""))
+    write_hf_folder(
+        state_dict.__getitem__,
+        args,
+        out_dir,
+        tokenizer_dir=tokenizer_dir,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        dtype=dtype,
+        max_shard_bytes=max_shard_bytes,
+    )
+
+
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def load_hf_state_dict(hf_dir: str | Path) -> tuple[dict[str, torch.Tensor], ModelArgs]:
-    """Read an HF Llama folder: (HF-named state dict on CPU, ModelArgs). Use :func:`from_hf_state_dict`
-    to get our names."""
-    hf_dir = Path(hf_dir)
-    config_path = hf_dir / "config.json"
+def read_hf_config(hf_dir: str | Path) -> tuple[dict[str, Any], ModelArgs]:
+    """(config.json as a dict, ModelArgs) of an HF Llama folder; errors name the folder or field."""
+    config_path = Path(hf_dir) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"no config.json in HF folder {str(hf_dir)!r}")
-    args = args_from_hf_config(json.loads(config_path.read_text()))
+    try:
+        cfg = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path} is not valid JSON: {e}") from e
+    try:
+        return cfg, args_from_hf_config(cfg)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from None
 
+
+def hf_weight_files(hf_dir: str | Path) -> list[Path]:
+    """The safetensors files of an HF folder (all of the index's shards, or model.safetensors)."""
+    hf_dir = Path(hf_dir)
     if (hf_dir / INDEX_FILE).is_file():
-        weight_map = json.loads((hf_dir / INDEX_FILE).read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
+        weight_map = json.loads((hf_dir / INDEX_FILE).read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{hf_dir / INDEX_FILE} has no weight_map")
+        files = [hf_dir / name for name in sorted(set(weight_map.values()))]
     elif (hf_dir / SINGLE_FILE).is_file():
-        files = [SINGLE_FILE]
+        files = [hf_dir / SINGLE_FILE]
     else:
         raise FileNotFoundError(
             f"HF folder {str(hf_dir)!r} has neither {SINGLE_FILE} nor {INDEX_FILE} "
             "(only safetensors checkpoints are supported)"
         )
-    sd: dict[str, torch.Tensor] = {}
-    for name in files:
-        path = hf_dir / name
+    for path in files:
         if not path.is_file():
             raise FileNotFoundError(f"missing checkpoint shard {str(path)!r} listed in {INDEX_FILE}")
+    return files
+
+
+def load_hf_state_dict(hf_dir: str | Path) -> tuple[dict[str, torch.Tensor], ModelArgs]:
+    """Read an HF Llama folder into memory: (HF-named state dict on CPU, ModelArgs). Use
+    :func:`from_hf_state_dict` to get our names; :mod:`lmrepro.checkpoint.convert` streams instead."""
+    _, args = read_hf_config(hf_dir)
+    sd: dict[str, torch.Tensor] = {}
+    for path in hf_weight_files(hf_dir):
         sd.update(load_file(path, device="cpu"))
     return sd, args

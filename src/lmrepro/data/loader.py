@@ -1,31 +1,180 @@
-"""A stateful, rank-aware loader of fixed-length training windows from a token stream.
+"""A stateful, rank-aware loader of fixed-length training windows from token shards, one or a mixture.
 
-The data order is a pure function of (seed, global sample index): the stream is cut into windows of
-seq_len + 1 tokens (consecutive windows overlap by one token so every token is a target once), and each
-epoch visits the windows in a permutation seeded by (seed, epoch). Global batch b holds the samples
-[b·B, (b+1)·B); data-parallel rank r takes a contiguous slice of it. The loader's whole state is the
-number of samples consumed, so resuming is exact and works when the number of ranks changes.
+The data order is a pure function of (seed, global sample index). Each source's stream is cut into
+windows of seq_len + 1 tokens (consecutive windows overlap by one token so every token is a target
+once). Global sample s comes from the source the mixture schedule (lmrepro.data.mixture) assigns to it,
+and is that source's next window: source k's j-th sample is window order_k,e[j mod N_k] of epoch
+e = j // N_k, a permutation seeded by (seed, e) for k = 0 and (seed, e, k) otherwise, so a single
+source reads exactly the order it always had. Global batch b holds the samples [b·B, (b+1)·B); data-
+parallel rank r takes a contiguous slice of it.
+
+The loader's whole state is the number of samples consumed: every per-source position is recomputed
+from it in O(log sources), so resuming is exact and works when the number of ranks changes. A
+background thread prepares the next batches (pinned when CUDA is available); it never touches the
+state, which counts only the batches next_batch has handed out.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 import torch
 
+from lmrepro.config import DataConfig, SourceConfig
+from lmrepro.data.mixture import MixtureSchedule, check_weights
 from lmrepro.data.shards import TokenStream
 
 
-class WindowLoader:
+@dataclass
+class Batch:
+    """One rank's batch as produced (possibly ahead of time), with what consuming it means."""
+
+    inputs: torch.Tensor  # [local_batch, seq_len] int64
+    targets: torch.Tensor  # [local_batch, seq_len] int64
+    state: dict  # the loader state once this batch is consumed
+    ids: list = field(default_factory=list)  # what was read, for audits (window ids, document spans)
+
+
+class _Prefetcher:
+    """Calls produce() in order on a background thread, keeping up to `depth` batches ready."""
+
+    def __init__(self, produce: Callable[[], Batch], depth: int):
+        self._produce = produce
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lmrepro-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            while self._put(self._produce()):
+                pass
+        except BaseException as e:  # surfaced by get(), in the training thread
+            self._put(e)
+
+    def get(self) -> Batch:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self.stop()
+            raise item
+        return item
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class PrefetchingLoader:
+    """Shared mechanics: the production cursor runs ahead in a thread; the state follows consumption.
+
+    Subclasses implement _produce() (the batch after the production cursor, advancing it) and
+    _rewind() (put the production cursor back at the consumed state, after load_state_dict).
+    """
+
+    def __init__(self, prefetch_batches: int, pin_memory: bool | None):
+        if prefetch_batches < 0:
+            raise ValueError(f"prefetch_batches must be >= 0, got {prefetch_batches}")
+        self.prefetch_batches = prefetch_batches
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.last_batch_ids: list = []
+        self._prefetcher: _Prefetcher | None = None
+
+    def _produce(self) -> Batch:
+        raise NotImplementedError
+
+    def _rewind(self) -> None:
+        raise NotImplementedError
+
+    def _consume(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def _empty_batch(self, rows: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Contiguous (inputs, targets) to fill in place, allocated pinned when asked for: a pinned,
+        contiguous micro-batch slice goes to the GPU asynchronously (non_blocking) with no extra copy."""
+        inputs = torch.empty((rows, seq_len), dtype=torch.int64, pin_memory=self.pin_memory)
+        targets = torch.empty((rows, seq_len), dtype=torch.int64, pin_memory=self.pin_memory)
+        return inputs, targets
+
+    def _tensors(self, windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """[rows, seq_len + 1] windows → contiguous (inputs, targets)."""
+        inputs, targets = self._empty_batch(windows.shape[0], windows.shape[1] - 1)
+        inputs.numpy()[:] = windows[:, :-1]
+        targets.numpy()[:] = windows[:, 1:]
+        return inputs, targets
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's (inputs, targets), each [local_batch_sequences, seq_len] int64."""
+        if self.prefetch_batches == 0:
+            batch = self._produce()
+        else:
+            if self._prefetcher is None:
+                self._prefetcher = _Prefetcher(self._produce, self.prefetch_batches)
+            batch = self._prefetcher.get()
+        self._consume(batch)
+        self.last_batch_ids = batch.ids
+        return batch.inputs, batch.targets
+
+    def close(self) -> None:
+        """Stop the prefetch thread (batches it prepared are dropped; the state is unaffected)."""
+        if self._prefetcher is not None:
+            self._prefetcher.stop()
+            self._prefetcher = None
+
+    def _restart(self) -> None:
+        self.close()
+        self._rewind()
+
+    def resume_template(self, checkpoint_meta: dict) -> dict:
+        """The structure of the data state to load from a checkpoint (its meta.json given)."""
+        return self.state_dict()
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, float]:
+        """Realised token share of each source so far (mixture/<name>), for the metrics rows."""
+        if len(self.names) < 2:
+            return {}
+        shares = self.schedule.shares(self.samples_consumed)
+        return {f"mixture/{name}": share for name, share in zip(self.names, shares, strict=True)}
+
+
+class WindowLoader(PrefetchingLoader):
     def __init__(
         self,
-        stream: TokenStream,
+        streams: TokenStream | Sequence[TokenStream],
         *,
         seq_len: int,
         global_batch_sequences: int,
         dp_rank: int = 0,
         dp_size: int = 1,
         seed: int = 0,
+        weights: Sequence[float] | None = None,
+        names: Sequence[str] | None = None,
+        prefetch_batches: int = 0,
+        pin_memory: bool | None = None,
     ):
+        super().__init__(prefetch_batches, pin_memory)
+        self.streams = [streams] if isinstance(streams, TokenStream) else list(streams)
+        self.names = list(names) if names is not None else [f"source{k}" for k in range(len(self.streams))]
+        weights = [1.0] * len(self.streams) if weights is None and len(self.streams) == 1 else weights
+        if weights is None or len(weights) != len(self.streams) or len(set(self.names)) != len(self.streams):
+            raise ValueError("a mixture needs one weight and one distinct name per token stream")
+        fractions = check_weights(dict(zip(self.names, weights, strict=True)), "data.sources")
         if not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank {dp_rank} is not in [0, {dp_size})")
         if global_batch_sequences % dp_size:
@@ -33,57 +182,161 @@ class WindowLoader:
                 f"global batch of {global_batch_sequences} sequences does not split over {dp_size} "
                 "data-parallel ranks"
             )
-        self.num_windows = (len(stream) - 1) // seq_len
-        if self.num_windows < 1:
-            raise ValueError(
-                f"{stream.index_path}: {len(stream)} tokens are too few for one window of "
-                f"{seq_len + 1} tokens"
-            )
-        self.stream = stream
+        self.source_windows = [(len(s) - 1) // seq_len for s in self.streams]
+        for stream, windows, share in zip(self.streams, self.source_windows, fractions.values(), strict=True):
+            if windows < 1 and share > 0:
+                raise ValueError(
+                    f"{stream.index_path}: {len(stream)} tokens are too few for one window of "
+                    f"{seq_len + 1} tokens"
+                )
+        self.num_windows = sum(self.source_windows)
+        self._offsets = np.cumsum([0] + self.source_windows)
+        self.schedule = MixtureSchedule(list(fractions.values()), seed)
         self.seq_len = seq_len
         self.global_batch_sequences = global_batch_sequences
         self.local_batch_sequences = global_batch_sequences // dp_size
         self.dp_rank = dp_rank
         self.seed = seed
         self.samples_consumed = 0
-        self._epoch = -1
-        self._order: np.ndarray | None = None
+        self._next_batch = 0  # production cursor: the batch index _produce makes next
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
+        self._orders_lock = threading.Lock()  # the prefetch thread and sample_ids() share the cache
 
-    def _window_id(self, sample: int) -> int:
-        epoch, position = divmod(sample, self.num_windows)
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._order = rng.permutation(self.num_windows)
-            self._epoch = epoch
-        return int(self._order[position])
+    # ---- the data order --------------------------------------------------------------------------
+    def _order(self, source: int, epoch: int) -> np.ndarray:
+        key = (source, epoch)
+        with self._orders_lock:
+            if key not in self._orders:
+                if len(self._orders) >= 2 * len(self.streams):  # keep about two epochs per source
+                    self._orders.pop(next(iter(self._orders)))
+                entropy = [self.seed, epoch] + ([source] if source else [])
+                self._orders[key] = np.random.default_rng(entropy).permutation(self.source_windows[source])
+            return self._orders[key]
+
+    def _windows(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(source, window within the source) of each sample this rank reads for global batch b."""
+        first = batch_index * self.global_batch_sequences + self.dp_rank * self.local_batch_sequences
+        sources, local = self.schedule.assign(first, self.local_batch_sequences)
+        windows = np.empty_like(local)
+        for k in range(len(self.streams)):
+            of_k = sources == k if len(self.streams) > 1 else slice(None)
+            epochs, positions = np.divmod(local[of_k], max(self.source_windows[k], 1))
+            if epochs.size == 0:
+                continue
+            found = np.empty_like(positions)
+            for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):  # at most two per batch
+                in_epoch = epochs == epoch
+                found[in_epoch] = self._order(k, epoch)[positions[in_epoch]]
+            windows[of_k] = found
+        return sources, windows
 
     def sample_ids(self, batch_index: int) -> list[int]:
-        """Window ids this rank reads for global batch `batch_index` (used by audits and tests)."""
-        first = batch_index * self.global_batch_sequences + self.dp_rank * self.local_batch_sequences
-        return [self._window_id(s) for s in range(first, first + self.local_batch_sequences)]
+        """Window ids this rank reads for global batch `batch_index` (used by audits and tests).
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's (inputs, targets), each [local_batch_sequences, seq_len] int64."""
-        batch_index = self.samples_consumed // self.global_batch_sequences
-        rows = [self.stream.window(w * self.seq_len, self.seq_len + 1) for w in self.sample_ids(batch_index)]
-        windows = torch.from_numpy(np.stack(rows))  # [local_batch, seq_len + 1]
-        self.samples_consumed += self.global_batch_sequences
-        return windows[:, :-1], windows[:, 1:]
+        Ids are global over the sources: source k's window w has id offset_k + w, with offset_k the
+        windows of the sources before it (a single source's ids are its window numbers).
+        """
+        sources, windows = self._windows(batch_index)
+        return (self._offsets[sources] + windows).tolist()
+
+    def split_id(self, window_id: int) -> tuple[str, int]:
+        """(source name, window within that source) of a global window id."""
+        k = int(np.searchsorted(self._offsets, window_id, side="right")) - 1
+        return self.names[k], window_id - int(self._offsets[k])
+
+    # ---- producing and consuming -------------------------------------------------------------------
+    def _produce(self) -> Batch:
+        batch_index = self._next_batch
+        self._next_batch += 1
+        sources, windows = self._windows(batch_index)
+        inputs, targets = self._empty_batch(len(windows), self.seq_len)
+        x, y = inputs.numpy(), targets.numpy()
+        for i, (k, w) in enumerate(zip(sources.tolist(), windows.tolist(), strict=True)):
+            # Memory map → batch, no copy in between; the targets are the same tokens shifted by one.
+            self.streams[k].window(w * self.seq_len, self.seq_len, out=x[i])
+            self.streams[k].window(w * self.seq_len + 1, self.seq_len, out=y[i])
+        ids = (self._offsets[sources] + windows).tolist()
+        state = {"samples_consumed": (batch_index + 1) * self.global_batch_sequences}
+        return Batch(inputs, targets, state, ids)
+
+    def _consume(self, batch: Batch) -> None:
+        self.samples_consumed = batch.state["samples_consumed"]
+
+    def _rewind(self) -> None:
+        self._next_batch = self.samples_consumed // self.global_batch_sequences
 
     def state_dict(self) -> dict:
         return {"samples_consumed": self.samples_consumed, "seed": self.seed, "seq_len": self.seq_len}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "seq_len"):
-            if state[key] != getattr(self, key):
-                raise ValueError(
-                    f"checkpointed data {key} = {state[key]} differs from the config's {getattr(self, key)}; "
-                    "resuming would change the data order"
-                )
-        if state["samples_consumed"] % self.global_batch_sequences:
-            raise ValueError(
-                f"checkpoint consumed {state['samples_consumed']} samples, not a multiple of the "
-                f"global batch "
-                f"of {self.global_batch_sequences} sequences"
-            )
+        check_common_state(state, seed=self.seed, seq_len=self.seq_len, batch=self.global_batch_sequences)
         self.samples_consumed = state["samples_consumed"]
+        self._restart()
+
+
+def check_common_state(state: dict, *, seed: int, seq_len: int, batch: int) -> None:
+    """Refuse a checkpointed data state that would change the data order or split a global batch."""
+    for key, ours in (("seed", seed), ("seq_len", seq_len)):
+        if state[key] != ours:
+            raise ValueError(
+                f"checkpointed data {key} = {state[key]} differs from the config's {ours}; "
+                "resuming would change the data order"
+            )
+    if state["samples_consumed"] % batch:
+        raise ValueError(
+            f"checkpoint consumed {state['samples_consumed']} samples, not a multiple of the global batch "
+            f"of {batch} sequences"
+        )
+
+
+def data_sources(cfg: DataConfig) -> list[SourceConfig]:
+    """The run's sources: data.sources, or the single data.train_index (named "train")."""
+    if cfg.sources and cfg.train_index:
+        raise ValueError("data.train_index and data.sources are both set; set one (sources for a mixture)")
+    if cfg.sources:
+        names = [s.name for s in cfg.sources]
+        if len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"data.sources need distinct, non-empty names; got {names}")
+        return list(cfg.sources)
+    return [SourceConfig(name="train", weight=1.0, index=cfg.train_index)]
+
+
+def build_loader(
+    cfg: DataConfig, *, global_batch_sequences: int, dp_rank: int, dp_size: int, vocab_size: int
+) -> PrefetchingLoader:
+    """The training loader of a DataConfig: shards (one or a mixture) or streaming."""
+    sources = data_sources(cfg)
+    check_weights({s.name: s.weight for s in sources}, "data.sources")
+    common = dict(
+        seq_len=cfg.seq_len,
+        global_batch_sequences=global_batch_sequences,
+        dp_rank=dp_rank,
+        dp_size=dp_size,
+        seed=cfg.seed,
+        prefetch_batches=cfg.prefetch_batches,
+        pin_memory=None if cfg.pin_memory else False,
+    )
+    if cfg.mode == "streaming":
+        from lmrepro.data.streaming import StreamingLoader, StreamSource  # imports `datasets`
+
+        loader = StreamingLoader(
+            [StreamSource(s.name, s.weight, s.files, s.text_key) for s in sources],
+            cfg.streaming.tokenizer,
+            shuffle_buffer_documents=cfg.streaming.shuffle_buffer_documents,
+            **common,
+        )
+        if loader.vocab_size > vocab_size:
+            raise ValueError(
+                f"{cfg.streaming.tokenizer}: the tokenizer has {loader.vocab_size} tokens but the model has "
+                f"model.vocab_size = {vocab_size}"
+            )
+        return loader
+    streams = [TokenStream(s.index) for s in sources]
+    for source, stream in zip(sources, streams, strict=True):
+        if stream.vocab_size > vocab_size:
+            raise ValueError(
+                f"{source.index}: shards have vocab_size {stream.vocab_size} but the model has "
+                f"model.vocab_size = {vocab_size}"
+            )
+    weights, names = [s.weight for s in sources], [s.name for s in sources]
+    return WindowLoader(streams, weights=weights, names=names, **common)

@@ -9,6 +9,7 @@ the tokenizer has one); the loader treats the shards of a folder as one stream.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -170,21 +171,27 @@ class TokenStream:
                 )
             if verify_checksums and _sha256(path) != entry["sha256"]:
                 raise ValueError(f"{path}: sha256 does not match {self.index_path}; the shard is corrupted")
-            self._shards.append(read_shard(path))
+            # A plain ndarray view of the mapping: slicing it skips np.memmap's per-slice bookkeeping.
+            self._shards.append(np.asarray(read_shard(path)))
         self._starts = np.cumsum([0] + [len(s) for s in self._shards])
+        self._start_list = self._starts.tolist()  # bisect on a list: no numpy call per window
         self.num_tokens = int(self._starts[-1])
 
     def __len__(self) -> int:
         return self.num_tokens
 
-    def window(self, start: int, length: int) -> np.ndarray:
-        """Tokens [start, start + length) of the stream, crossing shard boundaries if needed."""
+    def window(self, start: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Tokens [start, start + length) of the stream, crossing shard boundaries if needed.
+
+        Written into `out` (length tokens, e.g. a row of a preallocated batch) when given, else a new int64
+        array: the loader reads memory-mapped slices straight into its batch, with no copy in between.
+        """
         if start < 0 or start + length > self.num_tokens:
             raise IndexError(f"window [{start}, {start + length}) outside stream of {self.num_tokens} tokens")
-        out = np.empty(length, dtype=np.int64)
+        out = np.empty(length, dtype=np.int64) if out is None else out
         filled = 0
-        shard = int(np.searchsorted(self._starts, start, side="right")) - 1
-        offset = start - int(self._starts[shard])
+        shard = bisect.bisect_right(self._start_list, start) - 1
+        offset = start - self._start_list[shard]
         while filled < length:
             piece = self._shards[shard][offset : offset + length - filled]
             out[filled : filled + len(piece)] = piece

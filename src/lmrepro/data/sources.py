@@ -1,30 +1,59 @@
-"""Dataset sources: where a dataset's raw documents come from, written into results/data/{dataset}/raw/."""
+"""Dataset sources: where a dataset's raw documents come from, prepared into results/data/{dataset}/raw/.
+
+``raw/manifest.json`` is what later steps read: per split the data files (relative to raw/, or absolute
+for local data that is not copied) and the text field, plus provenance (source, repo, resolved commit,
+sizes, sha256). Sources:
+
+* ``synthetic`` — generated ``{train,heldout,mc}.jsonl``;
+* ``local`` — a split given as one JSONL file is copied to ``raw/<split>.jsonl``; folders and globs of
+  JSONL/Parquet/Arrow/text files are read in place (a cluster file system holds them already);
+* ``hub`` — ``huggingface_hub.snapshot_download`` into the Hugging Face cache (``HF_HUB_CACHE``; parallel,
+  resumable, ``HF_TOKEN`` from the environment, ``HF_HUB_OFFLINE=1`` reads only the cache), and
+  ``raw/snapshot`` is a link to the cached snapshot of the pinned revision.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import concurrent.futures as cf
+import fnmatch
+import glob
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
+from lmrepro.data.readers import FORMATS, file_format
 from lmrepro.data.synthetic import generate_corpus
+from lmrepro.data.tokenizer import file_sha256
 
 log = logging.getLogger(__name__)
 
-
-def _file_entry(path: Path) -> dict:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return {"num_bytes": path.stat().st_size, "sha256": digest}
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_LFS_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def prepare_dataset(spec: dict, out_dir: str | Path) -> dict:
-    """Write the raw splits (`{split}.jsonl`) and manifest.json; the folder appears atomically."""
+def prepare_dataset(spec: dict, out_dir: str | Path, *, name: str = "dataset", max_workers: int = 8) -> dict:
+    """Write raw/ (split files or links, manifest.json); the folder appears atomically."""
     out_dir = Path(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        manifest = _prepare(spec, tmp, name, max_workers)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    log.info("prepared %s: splits %s", out_dir, ", ".join(sorted(manifest["splits"])))
+    return manifest
+
+
+def _prepare(spec: dict, tmp: Path, name: str, max_workers: int) -> dict:
     source = spec["source"]
     if source == "synthetic":
         manifest = generate_corpus(
@@ -35,18 +64,233 @@ def prepare_dataset(spec: dict, out_dir: str | Path) -> dict:
             num_mc_examples=spec.get("num_mc_examples", 200),
         )
         manifest["source"] = "synthetic"
+        manifest["splits"] = {Path(f).stem: {"files": [f]} for f in manifest["files"]}
     elif source == "local":
-        files = {}
-        for split, path in spec["files"].items():
-            path = Path(path)
-            if not path.is_file():
-                raise FileNotFoundError(f"local dataset file {path} (split {split!r}) does not exist")
-            shutil.copyfile(path, tmp / f"{split}.jsonl")
-            files[f"{split}.jsonl"] = {"origin": str(path.resolve()), **_file_entry(tmp / f"{split}.jsonl")}
-        manifest = {"source": "local", "files": files}
+        manifest = _prepare_local(spec, tmp, name, max_workers)
+    elif source == "hub":
+        manifest = _prepare_hub(spec, tmp, name, max_workers)
     else:
-        raise ValueError(f"dataset source {source!r} is not valid; valid: synthetic, local")
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out_dir)
-    log.info("prepared %s: %s", out_dir, ", ".join(sorted(manifest.get("files", {}))))
+        raise ValueError(f"datasets.{name}.source = {source!r} is not valid; valid: synthetic, local, hub")
+    manifest["text_field"] = spec.get("text_field", "text")
     return manifest
+
+
+def _patterns(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _hash_files(paths: dict[str, Path], max_workers: int) -> dict[str, dict]:
+    """{key: {num_bytes, sha256}} of files, hashed in parallel threads (hashlib releases the GIL)."""
+    with cf.ThreadPoolExecutor(max(1, max_workers)) as pool:
+        digests = dict(zip(paths, pool.map(file_sha256, paths.values()), strict=True))
+    return {key: {"num_bytes": paths[key].stat().st_size, "sha256": digests[key]} for key in paths}
+
+
+def _check_disjoint(splits: dict[str, list[str]], where: str) -> None:
+    seen: dict[str, str] = {}
+    for split, files in splits.items():
+        for f in files:
+            if f in seen:
+                raise ValueError(f"{where}: {f} is in split {seen[f]!r} and in split {split!r}")
+            seen[f] = split
+        if not files:
+            raise ValueError(f"{where}.{split}: no files")
+
+
+# ------------------------------------------------------------------------------------------------ local
+
+
+def select_local_files(patterns: list[str], where: str) -> list[Path]:
+    """Files named by paths, folders (every data file below, sorted) and globs; `!glob` excludes."""
+    selected: list[Path] = []
+    for pattern in (p for p in patterns if not p.startswith("!")):
+        path = Path(pattern)
+        if _GLOB_CHARS.search(pattern):
+            matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True)) if Path(m).is_file()]
+            if not matches:
+                raise FileNotFoundError(f"{where}: pattern {pattern} matches no file")
+            selected += matches
+        elif path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p))
+            if not matches:
+                raise FileNotFoundError(
+                    f"{where}: folder {pattern} holds no data file ({', '.join(FORMATS)})"
+                )
+            selected += matches
+        elif path.is_file():
+            selected.append(path)
+        else:
+            raise FileNotFoundError(f"{where}: file {pattern} does not exist")
+    excluded = [p[1:] for p in patterns if p.startswith("!")]
+    return [f for f in selected if not any(fnmatch.fnmatch(str(f), x) for x in excluded)]
+
+
+def local_input_paths(spec: dict) -> list[str]:
+    """The existing files and folders a local dataset reads (Snakemake inputs: an edit reruns prepare)."""
+    if spec.get("source") != "local":
+        return []
+    paths: list[str] = []
+    for value in spec["files"].values():
+        for pattern in _patterns(value):
+            if pattern.startswith("!"):
+                continue
+            if _GLOB_CHARS.search(pattern):
+                paths += sorted(m for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
+            elif Path(pattern).exists():
+                paths.append(pattern)
+    return paths
+
+
+def _is_data_file(path: Path) -> bool:
+    try:
+        file_format(path)
+    except ValueError:
+        return False
+    return True
+
+
+def _prepare_local(spec: dict, tmp: Path, name: str, max_workers: int) -> dict:
+    splits: dict[str, list[str]] = {}  # split -> manifest keys (relative to raw/, or absolute)
+    origins: dict[str, list[str]] = {}  # split -> the files it reads, resolved (to find overlaps)
+    paths: dict[str, Path] = {}
+    copied: dict[str, str] = {}
+    for split, value in spec["files"].items():
+        patterns = _patterns(value)
+        single = len(patterns) == 1 and not _GLOB_CHARS.search(patterns[0]) and Path(patterns[0]).is_file()
+        if single and file_format(patterns[0]) == "jsonl":  # a small file: copied, as raw/ always had it
+            key = f"{split}.jsonl"
+            shutil.copyfile(patterns[0], tmp / key)
+            splits[split], paths[key] = [key], tmp / key
+            copied[key] = str(Path(patterns[0]).resolve())
+            origins[split] = [copied[key]]
+            continue
+        files = select_local_files(patterns, f"datasets.{name}.files.{split}")
+        for f in files:
+            file_format(f)  # an unsupported file type stops here, named
+        splits[split] = origins[split] = [str(f.resolve()) for f in files]
+        paths.update({k: Path(k) for k in splits[split]})
+    _check_disjoint(origins, f"datasets.{name}.files")
+    files_meta = _hash_files(paths, max_workers)
+    for key, origin in copied.items():
+        files_meta[key] = {"origin": origin, **files_meta[key]}
+    return {"source": "local", "files": files_meta, "splits": {s: {"files": f} for s, f in splits.items()}}
+
+
+# -------------------------------------------------------------------------------------------------- hub
+
+
+def _hub_error(name: str, spec: dict, problem: str) -> str:
+    from huggingface_hub import constants
+
+    repo_type = spec.get("repo_type", "dataset")
+    include = " ".join(f"--include '{p}'" for p in hub_allow_patterns(spec))
+    return (
+        f"datasets.{name}: {spec['repo']} ({repo_type}) at revision {spec['revision']}: {problem}. "
+        f"Hugging Face cache: {constants.HF_HUB_CACHE}, HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)}. "
+        "To pre-populate the cache, run on a machine with network access and the same HF_HUB_CACHE/HF_HOME: "
+        f"hf download {spec['repo']} --repo-type {repo_type} --revision {spec['revision']} {include} "
+        "(set HF_TOKEN for gated or private repositories)"
+    )
+
+
+def hub_allow_patterns(spec: dict) -> list[str]:
+    """What to download: `allow_patterns`, else the split globs; relative to `subset` when given."""
+    prefix = spec["subset"].strip("/") + "/" if spec.get("subset") else ""
+    if spec.get("allow_patterns"):
+        patterns = list(spec["allow_patterns"])
+    else:
+        patterns = [p for value in spec["splits"].values() for p in _patterns(value) if not p.startswith("!")]
+    return sorted({prefix + p for p in patterns})
+
+
+def _select_hub_files(snapshot: Path, spec: dict, split: str, where: str) -> list[str]:
+    """Snapshot files (relative paths) matching a split's fnmatch patterns, `!pattern` excluding."""
+    prefix = spec["subset"].strip("/") + "/" if spec.get("subset") else ""
+    listing = sorted(
+        p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file() or p.is_symlink()
+    )
+    patterns = _patterns(spec["splits"][split])
+    include = [prefix + p for p in patterns if not p.startswith("!")]
+    exclude = [prefix + p[1:] for p in patterns if p.startswith("!")]
+    files = [
+        f
+        for f in listing
+        if any(fnmatch.fnmatch(f, p) for p in include) and not any(fnmatch.fnmatch(f, p) for p in exclude)
+    ]
+    if not files:
+        shown = ", ".join(listing[:8]) + (" …" if len(listing) > 8 else "")
+        raise ValueError(f"{where}: {include} match no file of the snapshot (it holds: {shown or 'nothing'})")
+    for f in files:
+        file_format(f)
+    return files
+
+
+def _prepare_hub(spec: dict, tmp: Path, name: str, max_workers: int) -> dict:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo_type = spec.get("repo_type", "dataset")
+    allow = hub_allow_patterns(spec)
+    log.info(
+        "dataset %s: %s (%s) at revision %s, files %s; cache %s, %d workers, offline %s, HF_TOKEN %s",
+        name, spec["repo"], repo_type, spec["revision"], allow, constants.HF_HUB_CACHE, max_workers,
+        bool(constants.HF_HUB_OFFLINE), "set" if os.environ.get("HF_TOKEN") else "not set",
+    )  # fmt: skip
+    try:
+        snapshot = Path(
+            snapshot_download(
+                spec["repo"],
+                repo_type=repo_type,
+                revision=spec["revision"],
+                allow_patterns=allow,
+                max_workers=max_workers,
+            )
+        )
+    except LocalEntryNotFoundError as e:
+        problem = "is missing from the cache or incomplete, and the Hub cannot be reached"
+        raise FileNotFoundError(_hub_error(name, spec, f"{problem} ({type(e).__name__})")) from None
+    except RevisionNotFoundError:
+        raise ValueError(_hub_error(name, spec, "the revision does not exist")) from None
+    except RepositoryNotFoundError:
+        raise ValueError(_hub_error(name, spec, "no such repository, or it is gated/private")) from None
+    except HfHubHTTPError as e:
+        raise ValueError(_hub_error(name, spec, f"the Hub answered {e}")) from None
+    commit = snapshot.name
+    if spec["revision"] != commit:
+        log.warning(
+            "dataset %s: revision %r is a branch or tag and can move; pin the commit %s in config.yaml",
+            name, spec["revision"], commit,
+        )  # fmt: skip
+    (tmp / "snapshot").symlink_to(snapshot.resolve(), target_is_directory=True)
+    splits = {
+        split: _select_hub_files(snapshot, spec, split, f"datasets.{name}.splits.{split}")
+        for split in spec["splits"]
+    }
+    _check_disjoint(splits, f"datasets.{name}.splits")
+    paths = {f"snapshot/{f}": snapshot / f for fs in splits.values() for f in fs}
+    for key, path in paths.items():
+        if not path.exists():
+            raise FileNotFoundError(_hub_error(name, spec, f"{key} is a broken link into the cache ({path})"))
+    files_meta = _hash_files(paths, max_workers)
+    for key, meta in files_meta.items():
+        blob = Path(os.path.realpath(paths[key])).name
+        if _LFS_SHA256.fullmatch(blob) and blob != meta["sha256"]:
+            problem = f"cached file {key} is corrupted (sha256 {meta['sha256']}, Hub {blob})"
+            raise ValueError(_hub_error(name, spec, f"{problem}; delete it from the cache and rerun"))
+    return {
+        "source": "hub",
+        "repo": spec["repo"],
+        "repo_type": repo_type,
+        "revision": spec["revision"],
+        "commit": commit,
+        "subset": spec.get("subset"),
+        "allow_patterns": allow,
+        "snapshot": str(snapshot),
+        "files": files_meta,
+        "splits": {s: {"files": [f"snapshot/{f}" for f in fs]} for s, fs in splits.items()},
+    }

@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,9 +26,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from lmrepro.checkpoint import dcp
+from lmrepro.checkpoint.init_base import INIT_RECORD, init_from_base
 from lmrepro.config import JobConfig, config_sha256, to_dict
-from lmrepro.data.loader import WindowLoader
-from lmrepro.data.shards import TokenStream
+from lmrepro.data.loader import build_loader
 from lmrepro.model.flavors import model_args, params_json
 from lmrepro.model.llama import ModelArgs, Transformer, flops_per_token
 from lmrepro.train import metrics as metrics_lib
@@ -95,16 +96,20 @@ def plan_layout(job: JobConfig, world_size: int) -> Layout:
     return Layout(dims, args, global_sequences, local_sequences, micro, local_sequences // micro)
 
 
-def init_checkpoint(job: JobConfig, save_to: Path) -> dict:
-    """Write step-0: the seeded random initialisation, model only (a seed checkpoint).
+def init_checkpoint(job: JobConfig, save_to: Path, base: Path | None = None) -> dict:
+    """Write step-0, model only (a seed checkpoint): the seeded random initialisation, or a converted base.
 
     Every segment, whatever its parallel layout, starts from a checkpoint, so the initial weights are
-    identical for 1 process, FSDP or TP runs of the same seed.
+    identical for 1 process, FSDP or TP runs of the same seed. With ``base`` (``results/init/{base}/dcp``)
+    the base's weights replace the random ones; keys the base left out (``vocab: drop``) keep the seeded
+    init, and step-0 records what came from where in ``init.json``.
     """
     torch.manual_seed(job.training.seed)
     model = build_model(job, "meta")
     model.to_empty(device="cpu")
     model.init_weights()
+    init_record = init_from_base(model, base) if base is not None else None
+    init = {"base": str(base), "base_checkpoint_id": init_record["base_checkpoint_id"]} if base else None
     meta = {
         "step": 0,
         "tokens_seen": 0,
@@ -113,10 +118,12 @@ def init_checkpoint(job: JobConfig, save_to: Path) -> dict:
         "run": job.run,
         "model_args": params_json(model.args),
         "seq_len": job.data.seq_len,
+        "init": init,
     }
     data_state = {"samples_consumed": 0, "seed": job.data.seed, "seq_len": job.data.seq_len}
     train_state = {"step": 0, "tokens_seen": 0, "data": data_state, "rng": torch.get_rng_state()}
-    return dcp.save(save_to, model, None, train_state, meta)
+    extra = {INIT_RECORD: json.dumps(init_record, indent=2) + "\n"} if init_record else None
+    return dcp.save(save_to, model, None, train_state, meta, extra_files=extra)
 
 
 class Trainer:
@@ -177,49 +184,57 @@ class Trainer:
             dtype,
             activation_checkpoint=job.training.activation_checkpoint,
             compile=job.training.compile,
+            compile_mode=job.training.compile_mode,
             loss_parallel=self.loss_parallel,
             reshard_after_forward=job.parallel.fsdp_reshard_after_forward,
         )
+        self.fsdp = dp_mesh(self.mesh) is not None
         self.model.to_empty(device=self.device)
-        self.model.init_weights()  # overwritten by the checkpoint; fills the non-persistent RoPE buffer
+        with warnings.catch_warnings():  # random init of DTensors on CPU warns; the checkpoint overwrites it
+            warnings.filterwarnings("ignore", message="DTensor random operators")
+            self.model.init_weights()  # fills the non-persistent RoPE buffer
         self.optimizer = build_optimizer(self.model, job.optimizer, fused=self.device.type == "cuda")
 
-        stream = TokenStream(job.data.train_index)
-        if stream.vocab_size > self.model_args.vocab_size:
-            raise ValueError(
-                f"{job.data.train_index}: shards have vocab_size {stream.vocab_size} but the model has "
-                f"model.vocab_size = {self.model_args.vocab_size}"
-            )
         seq_len = job.data.seq_len
         dp_rank, dp_size = dp_rank_and_size(self.dims)
         self.micro_batch_sequences = self.layout.micro_batch_sequences
         self.grad_accum_steps = self.layout.grad_accum_steps
-        self.loader = WindowLoader(
-            stream,
-            seq_len=seq_len,
+        self.loader = build_loader(
+            job.data,
             global_batch_sequences=self.layout.global_batch_sequences,
             dp_rank=dp_rank,
             dp_size=dp_size,
-            seed=job.data.seed,
+            vocab_size=self.model_args.vocab_size,
         )
         self.flops_per_token = flops_per_token(self.model_args, seq_len)
         self.peak_flops = metrics_lib.peak_flops_per_device(self.device)
 
     def _pick_start(self, resume_from: Path) -> Path:
-        """The newest rolling checkpoint of this very segment, else the segment's start checkpoint."""
+        """The newest rolling checkpoint of this very segment, else the segment's start checkpoint.
+
+        Rolling checkpoints of any other lineage (an earlier segment, an edited or rerun chain) are
+        scratch that can never be resumed; rank 0 deletes them so they cannot collide with this
+        segment's saves or crowd its checkpoints out of keep_latest_k.
+        """
+        start, stale = resume_from, []
         for step, path in reversed(dcp.rolling_checkpoints(self.rolling_dir)):
             meta = dcp.read_meta(path)
             same_lineage = (
                 meta.get("config_sha256") == self.config_sha
                 and meta.get("origin") == self.start_meta["checkpoint_id"]
+                and self.start_step < step <= self.until_step
             )
-            if same_lineage and self.start_step < step <= self.until_step:
+            if same_lineage and start is resume_from:
                 log.info("resuming from rolling checkpoint %s (step %d)", path, step)
-                return path
-        return resume_from
+                start = path
+            elif not same_lineage:
+                stale.append(path)
+        dcp.discard(stale, self.rolling_dir)
+        return start
 
     def _load(self, path: Path) -> None:
         template = self._train_state()
+        template["data"] = self.loader.resume_template(dcp.read_meta(path))  # streaming: per-rank keys
         dcp.load(path, self.model, self.optimizer, template)
         self.step = int(template["step"])
         self.tokens_seen = int(template["tokens_seen"])
@@ -285,11 +300,14 @@ class Trainer:
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean token loss of one micro-batch, backpropagated with the accumulation scale."""
         # FSDP casts parameters itself (MixedPrecisionPolicy); without FSDP, autocast does it.
-        autocast = self.compute_dtype != torch.float32 and dp_mesh(self.mesh) is None
+        autocast = self.compute_dtype != torch.float32 and not self.fsdp
         with self._loss_context(), attention_backend(self.job.training.attention_backend):
             with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
-                logits = self.model(inputs)  # [micro, seq, vocab] (vocab-sharded DTensor with loss parallel)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+                if self.loss_parallel:  # logits stay vocabulary-sharded DTensors [micro, seq, vocab / tp]
+                    logits = self.model(inputs)
+                    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+                else:  # output projection fused with the loss, chunk by chunk (train/losses.py)
+                    loss = self.model(inputs, targets)
             (loss / self.grad_accum_steps).backward()
         return loss.detach().full_tensor() if hasattr(loss, "full_tensor") else loss.detach()
 
@@ -310,7 +328,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         micro = self.micro_batch_sequences
         for i in range(self.grad_accum_steps):
-            if self.mesh is not None:
+            if self.fsdp:
                 self.model.set_requires_gradient_sync(i == self.grad_accum_steps - 1)
             batch = slice(i * micro, (i + 1) * micro)
             x = inputs[batch].to(self.device, non_blocking=True)
@@ -392,6 +410,7 @@ class Trainer:
                             "tflops_per_device": per_device * self.flops_per_token / 1e12,
                             "mfu": mfu,
                             "peak_memory_gib": metrics_lib.peak_memory_gib(self.device),
+                            **self.loader.metrics(),  # realised mixture shares
                         }
                     )
                     window_start, window_tokens = time.perf_counter(), 0
@@ -407,6 +426,7 @@ class Trainer:
             return 0
         finally:
             writer.close()
+            self.loader.close()
 
 
 def attention_backend(name: str):

@@ -1,0 +1,145 @@
+"""Plain helpers of the Slurm tests: a workflow copy, Snakemake under a hard limit, the site profile."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from helpers import REPO
+
+
+def snakemake_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env.update(extra)
+    return env
+
+
+def run_snakemake(
+    workdir: Path, *args: str, timeout: int, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Snakemake under a hard limit: `timeout -k 5` (TERM, then KILL), and the process group killed if even
+    that overruns, so that a status-command or rendezvous problem fails the test instead of hanging it."""
+    cmd = ["timeout", "-k", "5", str(timeout), sys.executable, "-m", "snakemake", *args]
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            env=env or snakemake_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=timeout + 30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), "")
+
+
+def copy_workflow(workdir: Path) -> Path:
+    """The workflow as a user has it (Snakefile, rules, scripts, config, profiles, envs) in `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "config", "profiles", "envs"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, workdir / name)
+    return workdir
+
+
+def experiment(steps: int) -> dict:
+    """A reduced embedded default (like tests/integration/test_workflow.py): one run, one segment of
+    `steps` steps of a small `debug` Llama, exported and evaluated (held-out loss, lm-eval multiple choice)
+    at step 0 and at the end, and the report."""
+    run = {
+        "preset": "config/train/debug.toml",
+        "dataset": "synthetic",
+        "tokenizer": "bpe",
+        "steps": steps,
+        "segment_steps": steps,
+        "evals": ["heldout", "mc"],
+        "overrides": {
+            "model": {"overrides": {"dim": 64, "n_layers": 2, "ffn_dim": 128}},
+            "data": {"seq_len": 32},
+            "training": {"global_batch_tokens": 512},
+            "schedule": {"warmup_steps": 10},
+            "checkpoint": {"interval_steps": 100, "keep_latest_k": 2},
+            "metrics": {"log_every_steps": 5, "tensorboard": False},
+            "optimizer": {"lr": 0.003},
+        },
+    }
+    return {
+        "datasets": {
+            "synthetic": {
+                "source": "synthetic",
+                "seed": 3,
+                "num_train_documents": 800,
+                "num_heldout_documents": 60,
+                "num_mc_examples": 16,
+            }
+        },
+        "tokenizers": {"bpe": {"kind": "bpe", "dataset": "synthetic", "vocab_size": 300}},
+        "evals": {
+            "heldout": {"kind": "loss", "dataset": "synthetic", "split": "heldout", "max_tokens": 2048},
+            "mc": {"kind": "multiple_choice", "dataset": "synthetic", "file": "mc.jsonl"},
+        },
+        "runs": {"a": run},
+    }
+
+
+def write_experiment(workdir: Path, steps: int) -> None:
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(experiment(steps)))
+
+
+def repo_train_resources() -> dict:
+    """profiles/slurm's train_segment resources (what a site profile starts from)."""
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    return dict(profile["set-resources"]["train_segment"])
+
+
+def write_site_profile(workdir: Path, name: str, train: dict, threads: int = 2, **settings) -> str:
+    """A site profile for the test cluster, passed after profiles/slurm (later profiles replace top-level
+    keys): partition `debug`, small memory, fast status checks, kept job logs; the train_segment block is
+    profiles/slurm's with `train` applied. Returns its path for --profile."""
+    profile = {
+        "default-resources": {"slurm_partition": "debug", "runtime": 10, "mem_mb": 400},
+        "slurm-init-seconds-before-status-checks": 1,
+        "slurm-keep-successful-logs": True,
+        "set-threads": {"train_segment": threads},
+        "set-resources": {"train_segment": {**repo_train_resources(), **train}},
+        **settings,
+    }
+    folder = workdir / "profiles" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return f"profiles/{name}"
+
+
+def slurm_job_ids(workdir: Path, rule: str) -> list[str]:
+    """Slurm job ids of a rule's jobs, from the executor's log files (.snakemake/slurm_logs)."""
+    logs = (workdir / ".snakemake" / "slurm_logs" / f"rule_{rule}").rglob("*.log")
+    return sorted((p.stem for p in logs), key=int)
+
+
+def sacct(*job_ids: str, fields: str = "JobID,NNodes,NTasks,State,ExitCode,Elapsed") -> list[dict]:
+    """Accounting rows of jobs (ids like 12) or job steps (12.0: the first srun of job 12)."""
+    allocations = ["-X"] if all("." not in job for job in job_ids) else []
+    out = subprocess.run(
+        ["sacct", *allocations, "-n", "-P", "-j", ",".join(job_ids), f"--format={fields}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    names = fields.split(",")
+    return [dict(zip(names, line.split("|"), strict=True)) for line in out.splitlines() if line]

@@ -1,0 +1,20 @@
+rule convert_base:
+    """A base checkpoint (Hugging Face or Meta Llama folder) as DCP, the step-0 of runs that name it in
+    runs.<run>.init; conversion.json lists every missing, unexpected and reshaped key.
+    """
+    input:
+        source=base_source,
+    output:
+        dcp=directory("results/init/{base}/dcp"),
+    log:
+        "results/logs/convert_base/{base}.log",
+    benchmark:
+        "results/benchmarks/convert_base/{base}.tsv"
+    conda:
+        LMREPRO_ENV
+    params:
+        format=base_format,
+        vocab=base_vocab,
+    shell:
+        "python workflow/scripts/convert_to_dcp.py --format {params.format} --source {input.source:q} "
+        "--vocab {params.vocab} --out {output.dcp} > {log} 2>&1"
