@@ -286,16 +286,20 @@ def _validate_data(data: DataConfig) -> None:
             raise ValueError(f"data.sources[{i}] ({source.name}): data.mode = {data.mode!r} needs {needed}")
 
 
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    with path.open("rb") as f:
+        try:
+            return tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML: {e}") from e
+
+
 def load_job_config(path: str | Path) -> JobConfig:
     """Load and validate a train.toml (FileNotFoundError / ValueError name the file and key)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"trainer config {path} does not exist")
-    with path.open("rb") as f:
-        try:
-            data = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: not valid TOML: {e}") from e
+    data = _read_toml(path, "trainer config")
     try:
         job = from_dict(JobConfig, data)
         validate(job)
@@ -345,13 +349,7 @@ def render_job_config(preset: str | Path, overrides: dict[str, Any], fixed: dict
     Raises ValueError naming the offending key (of the preset or the overrides) before anything runs.
     """
     preset = Path(preset)
-    if not preset.is_file():
-        raise FileNotFoundError(f"trainer preset {preset} does not exist")
-    with preset.open("rb") as f:
-        try:
-            base = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{preset}: not valid TOML: {e}") from e
+    base = _read_toml(preset, "trainer preset")
     try:
         from_dict(JobConfig, base)
     except ValueError as e:
