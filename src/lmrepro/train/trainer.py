@@ -282,8 +282,16 @@ class Trainer:
         log.info("rolling checkpoint at step %d saved in %.2f s", self.step, time.monotonic() - started)
 
     def save_final(self) -> None:
-        rows = metrics_lib.segment_rows(
-            self.state_dir / "metrics.jsonl", self.start_meta["checkpoint_id"], self.start_step + 1, self.step
+        # Only rank 0 writes metrics.jsonl and the extra files; other ranks must not read it mid-append.
+        rows = (
+            metrics_lib.segment_rows(
+                self.state_dir / "metrics.jsonl",
+                self.start_meta["checkpoint_id"],
+                self.start_step + 1,
+                self.step,
+            )
+            if self.rank == 0
+            else []
         )
         text = "".join(json.dumps(r) + "\n" for r in rows)
         dcp.save(
