@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +79,7 @@ class _Prefetcher:
         self._thread.join()
 
 
-class PrefetchingLoader:
+class PrefetchingLoader(ABC):
     """Shared mechanics: the production cursor runs ahead in a thread; the state follows consumption.
 
     Subclasses implement _produce() (the batch after the production cursor, advancing it) and
@@ -93,14 +94,14 @@ class PrefetchingLoader:
         self.last_batch_ids: list = []
         self._prefetcher: _Prefetcher | None = None
 
-    def _produce(self) -> Batch:
-        raise NotImplementedError
+    @abstractmethod
+    def _produce(self) -> Batch: ...
 
-    def _rewind(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _rewind(self) -> None: ...
 
-    def _consume(self, batch: Batch) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _consume(self, batch: Batch) -> None: ...
 
     def _empty_batch(self, rows: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Contiguous (inputs, targets) to fill in place, allocated pinned when asked for: a pinned,
@@ -142,8 +143,8 @@ class PrefetchingLoader:
         """The structure of the data state to load from a checkpoint (its meta.json given)."""
         return self.state_dict()
 
-    def state_dict(self) -> dict:
-        raise NotImplementedError
+    @abstractmethod
+    def state_dict(self) -> dict: ...
 
     def metrics(self) -> dict[str, float]:
         """Realised token share of each source so far (mixture/<name>), for the metrics rows."""
