@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import copy_workflow
 
 for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(var, "1")
@@ -43,11 +42,5 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def workflow_copy(tmp_path) -> Path:
-    """A copy of the workflow (Snakefile, rules, scripts, schema, config) to run in isolation."""
-    for name in ("Snakefile", "workflow", "config", "profiles", "envs", "src"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / name)
-        else:
-            shutil.copy(src, tmp_path / name)
-    return tmp_path
+    """A copy of the workflow (Snakefile, rules, scripts, schema, config, src) to run in isolation."""
+    return copy_workflow(tmp_path)

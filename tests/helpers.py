@@ -2,9 +2,60 @@
 
 from __future__ import annotations
 
+import copy
+import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def copy_workflow(workdir: Path) -> Path:
+    """The workflow as a user has it (Snakefile, rules, scripts, config, profiles, envs, src) in `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "config", "profiles", "envs", "src"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, workdir / name)
+    return workdir
+
+
+def small_experiment(runs: list[str], steps: int, segment_steps: int, **trainer: dict) -> dict:
+    """A reduced embedded default: a small synthetic dataset and `debug` Llama, held-out loss and lm-eval
+    multiple choice at every segment end; `trainer` adds trainer-override sections."""
+    run = {
+        "preset": "config/train/debug.toml",
+        "dataset": "synthetic",
+        "tokenizer": "bpe",
+        "steps": steps,
+        "segment_steps": segment_steps,
+        "evals": ["heldout", "mc"],
+        "overrides": {
+            "model": {"overrides": {"dim": 64, "n_layers": 2, "ffn_dim": 128}},
+            "data": {"seq_len": 32},
+            "training": {"global_batch_tokens": 512},
+            "optimizer": {"lr": 0.003},
+            **trainer,
+        },
+    }
+    return {
+        "datasets": {
+            "synthetic": {
+                "source": "synthetic",
+                "seed": 3,
+                "num_train_documents": 800,
+                "num_heldout_documents": 60,
+                "num_mc_examples": 16,
+            }
+        },
+        "tokenizers": {"bpe": {"kind": "bpe", "dataset": "synthetic", "vocab_size": 300}},
+        "evals": {
+            "heldout": {"kind": "loss", "dataset": "synthetic", "split": "heldout", "max_tokens": 2048},
+            "mc": {"kind": "multiple_choice", "dataset": "synthetic", "file": "mc.jsonl"},
+        },
+        "runs": {name: copy.deepcopy(run) for name in runs},
+    }
 
 
 def write_train_toml(path: Path, run_dir: Path, train_index: Path, **sections) -> Path:

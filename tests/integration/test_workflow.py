@@ -11,46 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import copy_workflow, small_experiment
 
 pytestmark = pytest.mark.slow
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _config() -> dict:
-    run = {
-        "preset": "config/train/debug.toml",
-        "dataset": "synthetic",
-        "tokenizer": "bpe",
-        "steps": 20,
-        "segment_steps": 10,
-        "evals": ["heldout", "mc"],
-        "overrides": {
-            "model": {"overrides": {"dim": 64, "n_layers": 2, "ffn_dim": 128}},
-            "data": {"seq_len": 32},
-            "training": {"global_batch_tokens": 512},
-            "checkpoint": {"interval_steps": 5},
-            "metrics": {"log_every_steps": 1},
-            "optimizer": {"lr": 0.003},
-        },
-    }
-    return {
-        "datasets": {
-            "synthetic": {
-                "source": "synthetic",
-                "seed": 3,
-                "num_train_documents": 800,
-                "num_heldout_documents": 60,
-                "num_mc_examples": 16,
-            }
-        },
-        "tokenizers": {"bpe": {"kind": "bpe", "dataset": "synthetic", "vocab_size": 300}},
-        "evals": {
-            "heldout": {"kind": "loss", "dataset": "synthetic", "split": "heldout", "max_tokens": 2048},
-            "mc": {"kind": "multiple_choice", "dataset": "synthetic", "file": "mc.jsonl"},
-        },
-        "runs": {"a": run, "b": json.loads(json.dumps(run))},
-    }
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -83,13 +48,15 @@ def results_snapshot(workdir: Path) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def finished_workflow(tmp_path_factory):
-    from helpers import REPO
-
-    workdir = tmp_path_factory.mktemp("workflow")
-    for name in ("Snakefile", "workflow", "config", "envs", "src"):
-        src = REPO / name
-        (subprocess.run(["cp", "-r", str(src), str(workdir / name)], check=True))
-    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(_config()))
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    experiment = small_experiment(
+        ["a", "b"],
+        steps=20,
+        segment_steps=10,
+        checkpoint={"interval_steps": 5},
+        metrics={"log_every_steps": 1},
+    )
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(experiment))
     result = snakemake(workdir, "all")
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir

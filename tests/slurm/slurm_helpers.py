@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from helpers import REPO
+from helpers import REPO, small_experiment
 
 
 def snakemake_env(**extra: str) -> dict[str, str]:
@@ -45,56 +44,17 @@ def run_snakemake(
         return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), "")
 
 
-def copy_workflow(workdir: Path) -> Path:
-    """The workflow as a user has it (Snakefile, rules, scripts, config, profiles, envs) in `workdir`."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "config", "profiles", "envs"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, workdir / name)
-    return workdir
-
-
 def experiment(steps: int) -> dict:
-    """A reduced embedded default (like tests/integration/test_workflow.py): one run, one segment of
-    `steps` steps of a small `debug` Llama, exported and evaluated (held-out loss, lm-eval multiple choice)
-    at step 0 and at the end, and the report."""
-    run = {
-        "preset": "config/train/debug.toml",
-        "dataset": "synthetic",
-        "tokenizer": "bpe",
-        "steps": steps,
-        "segment_steps": steps,
-        "evals": ["heldout", "mc"],
-        "overrides": {
-            "model": {"overrides": {"dim": 64, "n_layers": 2, "ffn_dim": 128}},
-            "data": {"seq_len": 32},
-            "training": {"global_batch_tokens": 512},
-            "schedule": {"warmup_steps": 10},
-            "checkpoint": {"interval_steps": 100, "keep_latest_k": 2},
-            "metrics": {"log_every_steps": 5, "tensorboard": False},
-            "optimizer": {"lr": 0.003},
-        },
-    }
-    return {
-        "datasets": {
-            "synthetic": {
-                "source": "synthetic",
-                "seed": 3,
-                "num_train_documents": 800,
-                "num_heldout_documents": 60,
-                "num_mc_examples": 16,
-            }
-        },
-        "tokenizers": {"bpe": {"kind": "bpe", "dataset": "synthetic", "vocab_size": 300}},
-        "evals": {
-            "heldout": {"kind": "loss", "dataset": "synthetic", "split": "heldout", "max_tokens": 2048},
-            "mc": {"kind": "multiple_choice", "dataset": "synthetic", "file": "mc.jsonl"},
-        },
-        "runs": {"a": run},
-    }
+    """The reduced embedded default with one run and one segment of `steps` steps (rolling checkpoints
+    every 100 steps, metrics every 5), exported and evaluated at step 0 and at the end, and the report."""
+    return small_experiment(
+        ["a"],
+        steps=steps,
+        segment_steps=steps,
+        schedule={"warmup_steps": 10},
+        checkpoint={"interval_steps": 100, "keep_latest_k": 2},
+        metrics={"log_every_steps": 5, "tensorboard": False},
+    )
 
 
 def write_experiment(workdir: Path, steps: int) -> None:

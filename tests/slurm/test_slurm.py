@@ -24,9 +24,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from helpers import REPO
+from helpers import REPO, copy_workflow
 from slurm_helpers import (
-    copy_workflow,
     repo_train_resources,
     run_snakemake,
     sacct,

@@ -14,57 +14,33 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny_llama
 import torch
 import yaml
 from helpers import REPO, write_train_toml
+from tiny_llama import ATOL, CASES, random_tokens, tiny_args
 
 from lmrepro.checkpoint import convert
 from lmrepro.checkpoint.convert import CONVERSION, convert_to_dcp
 from lmrepro.checkpoint.dcp import is_complete, read_meta
 from lmrepro.checkpoint.export import dcp_to_hf, export_checkpoint, load_model, upload_hf_folder
-from lmrepro.checkpoint.hf import from_hf_state_dict, hf_config
+from lmrepro.checkpoint.hf import from_hf_state_dict
 from lmrepro.checkpoint.init_base import INIT_RECORD
 from lmrepro.config import load_job_config
 from lmrepro.model.flavors import params_json
-from lmrepro.model.llama import ModelArgs, RopeScaling, Transformer
+from lmrepro.model.llama import ModelArgs, Transformer
 from lmrepro.train.trainer import init_checkpoint
 from lmrepro.workflow import check_config
 
 transformers = pytest.importorskip("transformers")
 
-VOCAB = 101
-ATOL = 1e-4
-SCALING = RopeScaling(
-    factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64
-)
-CASES = {
-    "gqa": dict(n_heads=4, n_kv_heads=2),
-    "mha": dict(n_heads=4, n_kv_heads=4),
-    "gqa-scaled": dict(n_heads=4, n_kv_heads=2, rope_scaling=SCALING),
-    "mha-scaled-tied": dict(n_heads=4, n_kv_heads=4, rope_scaling=SCALING, tie_embeddings=True),
-    "gqa-tied": dict(n_heads=8, n_kv_heads=2, tie_embeddings=True),
-}
 # Meta's model-parallel layout (tok_embeddings: dim 1 in Llama 2, dim 0 in Llama 3).
 META_SPLIT = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1}
 
 
-def tiny_args(**kw) -> ModelArgs:
-    base = dict(dim=64, n_layers=2, n_heads=4, vocab_size=VOCAB, ffn_dim=96, max_seq_len=128, rope_theta=1e4)
-    return ModelArgs(**{**base, **kw})
-
-
 def make_hf_model(args: ModelArgs, path: Path, seed: int = 0, max_shard_size: str = "30KB"):
-    """A random LlamaForCausalLM (norms included) written by transformers itself, sharded."""
-    cfg = transformers.LlamaConfig.from_dict(hf_config(args, bos_token_id=1, eos_token_id=2))
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.2 * noise if "norm" in name else 0.1 * noise)
-    model.save_pretrained(path, max_shard_size=max_shard_size)
-    return model
+    """Sharded by transformers' own save_pretrained, so the index + several files path is exercised."""
+    return tiny_llama.make_hf_model(args, path, seed, max_shard_size)
 
 
 def write_meta_folder(
@@ -87,10 +63,6 @@ def write_meta_folder(
     (path / "params.json").write_text(json.dumps(params))
 
 
-def tokens() -> torch.Tensor:
-    return torch.randint(0, VOCAB, (2, 48), generator=torch.Generator().manual_seed(7))
-
-
 def max_diff(ours: Transformer, hf_model, toks: torch.Tensor) -> float:
     with torch.no_grad():
         return (ours(toks) - hf_model(input_ids=toks).logits).abs().max().item()
@@ -108,7 +80,7 @@ def test_hf_to_dcp_to_hf_matches_transformers(case: str, tmp_path: Path) -> None
     record = convert_to_dcp("hf", tmp_path / "src", tmp_path / "dcp")
     ours, _ = load_model(tmp_path / "dcp")
     assert ours.args == args
-    assert max_diff(ours, hf_model, tokens()) <= ATOL
+    assert max_diff(ours, hf_model, random_tokens()) <= ATOL
     assert record["missing"] == {} and len(record["reshaped"]) == 2 * args.n_layers
     assert record == json.loads((tmp_path / "dcp" / CONVERSION).read_text())
 
@@ -117,7 +89,7 @@ def test_hf_to_dcp_to_hf_matches_transformers(case: str, tmp_path: Path) -> None
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert back.config.tie_word_embeddings == args.tie_embeddings
     assert (back.config.bos_token_id, back.config.eos_token_id) == (1, 2)  # recorded from the source
-    assert max_diff(ours, back, tokens()) <= ATOL
+    assert max_diff(ours, back, random_tokens()) <= ATOL
     for key, value in hf_model.state_dict().items():  # and bit-exact, tensor by tensor
         assert torch.equal(back.state_dict()[key], value), key
 
@@ -131,7 +103,7 @@ def test_meta_to_dcp_matches_transformers(case: str, num_files: int, emb_dim: in
     record = convert_to_dcp("meta", tmp_path / "meta", tmp_path / "dcp")
     ours, _ = load_model(tmp_path / "dcp")
     assert ours.args == args
-    assert max_diff(ours, hf_model, tokens()) <= ATOL
+    assert max_diff(ours, hf_model, random_tokens()) <= ATOL
     assert "rope.freqs" in record["unexpected"]
     assert ("output.weight" in record["unexpected"]) == args.tie_embeddings  # Meta keeps the copy
     if num_files > 1:
@@ -149,7 +121,7 @@ def test_meta_native_params_json(tmp_path: Path) -> None:
     convert_to_dcp("meta", tmp_path / "meta", tmp_path / "dcp")
     ours, _ = load_model(tmp_path / "dcp")
     assert ours.args == args  # vocab from the embedding's shape, ffn_dim from Meta's rule
-    assert max_diff(ours, hf_model, tokens()) <= ATOL
+    assert max_diff(ours, hf_model, random_tokens()) <= ATOL
 
 
 def test_export_reads_model_keys_only_and_pth_loads_strictly(tmp_path: Path, tiny_data, monkeypatch) -> None:

@@ -10,6 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tiny_llama import ATOL, CASES, SCALING, make_hf_model, perturb_, random_tokens, tiny_args  # noqa: E402
 
 from lmrepro.checkpoint.hf import (  # noqa: E402
     args_from_hf_config,
@@ -19,42 +20,9 @@ from lmrepro.checkpoint.hf import (  # noqa: E402
     save_hf_folder,
     to_hf_state_dict,
 )
-from lmrepro.model.llama import ModelArgs, RopeScaling, Transformer  # noqa: E402
+from lmrepro.model.llama import Transformer  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
-
-VOCAB = 101
-ATOL = 1e-4
-# Small original context so the llama3 scaling hits all three bands (kept / blended / divided).
-SCALING = RopeScaling(
-    factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64
-)
-
-CASES = {
-    "gqa": dict(n_heads=4, n_kv_heads=2),
-    "mha": dict(n_heads=4, n_kv_heads=4),
-    "gqa-scaled": dict(n_heads=4, n_kv_heads=2, rope_scaling=SCALING),
-    "mha-scaled-tied": dict(n_heads=4, n_kv_heads=4, rope_scaling=SCALING, tie_embeddings=True),
-    "gqa-tied": dict(n_heads=8, n_kv_heads=2, tie_embeddings=True),
-}
-
-
-def tiny_args(**kw) -> ModelArgs:
-    base = dict(dim=64, n_layers=2, n_heads=4, vocab_size=VOCAB, ffn_dim=96, max_seq_len=128, rope_theta=1e4)
-    return ModelArgs(**{**base, **kw})
-
-
-def random_tokens(b: int = 2, s: int = 48) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (b, s), generator=torch.Generator().manual_seed(7))
-
-
-def perturb_(model: torch.nn.Module, seed: int) -> None:
-    """Random values everywhere, norms included, so a mis-mapped tensor cannot hide behind init."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.2 * noise if "norm" in name else 0.1 * noise)
 
 
 def hf_logits(model, toks: torch.Tensor) -> torch.Tensor:
@@ -65,16 +33,6 @@ def hf_logits(model, toks: torch.Tensor) -> torch.Tensor:
 def our_logits(model: Transformer, toks: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(toks)
-
-
-def make_hf_model(args: ModelArgs, path, seed: int = 0, max_shard_size: str | None = None):
-    cfg = transformers.LlamaConfig.from_dict(hf_config(args, bos_token_id=1, eos_token_id=2))
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    perturb_(model, seed)
-    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
-    model.save_pretrained(path, **kwargs)
-    return model
 
 
 @pytest.mark.parametrize("case", list(CASES))
