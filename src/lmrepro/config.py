@@ -51,8 +51,13 @@ class StreamingConfig:
     tokenizer: str = ""
     """tokenizer.json that tokenizes documents on the fly (set by the workflow)."""
     shuffle_buffer_documents: int = 10000
-    """Documents per shuffle block: a block is read, permuted (seeded by data.seed, source, epoch and
-    block) and consumed in that order; a resume re-reads at most one block."""
+    """Documents per shuffle block: a block is read, permuted (seeded by data.seed, source, stream, epoch
+    and block) and consumed in that order; a resume re-reads at most one block."""
+    streams: int = 0
+    """Virtual streams S, fixed for the whole run: each reads its own part of every source and supplies
+    global batch / S sequences per step, and data-parallel rank r of dp reads streams [r·S/dp, (r+1)·S/dp).
+    A resume is exact on any dp that divides S; S must divide the global batch in sequences. 0 = as saved
+    in the checkpoint being resumed, one per data-parallel rank on a fresh start."""
 
 
 @dataclass
@@ -259,10 +264,10 @@ def validate(job: JobConfig) -> None:
             f"training.global_batch_tokens = {job.training.global_batch_tokens} is not a multiple of "
             f"data.seq_len = {job.data.seq_len}"
         )
-    _validate_data(job.data)
+    _validate_data(job.data, job.training.global_batch_tokens // job.data.seq_len)
 
 
-def _validate_data(data: DataConfig) -> None:
+def _validate_data(data: DataConfig, global_batch_sequences: int) -> None:
     """The data section: one way to name the sources, valid mixture weights, the mode's inputs."""
     from lmrepro.data.mixture import check_weights
 
@@ -271,6 +276,7 @@ def _validate_data(data: DataConfig) -> None:
     if data.streaming.shuffle_buffer_documents < 1:
         buffer = data.streaming.shuffle_buffer_documents
         raise ValueError(f"data.streaming.shuffle_buffer_documents must be >= 1, got {buffer}")
+    check_streams(data.streaming.streams, global_batch_sequences)
     if data.sources and data.train_index:
         raise ValueError("data.train_index and data.sources are both set; set one (sources for a mixture)")
     names = [s.name for s in data.sources]
@@ -284,6 +290,39 @@ def _validate_data(data: DataConfig) -> None:
     for i, source in enumerate(data.sources):
         if not getattr(source, needed):
             raise ValueError(f"data.sources[{i}] ({source.name}): data.mode = {data.mode!r} needs {needed}")
+
+
+def check_streams(
+    streams: int, global_batch_sequences: int, dp_size: int | None = None, *, saved: bool = False
+) -> None:
+    """data.streaming.streams S against the global batch G (S divides G) and, once known, the data-parallel
+    size dp (dp divides S); 0 is resolved later. `saved`: S comes from the checkpoint being resumed."""
+    key = f"data.streaming.streams = {streams}" + (" (as saved in the checkpoint)" if saved else "")
+    if streams < 0:
+        raise ValueError(f"{key} must be >= 0 (0: as saved, one per data-parallel rank on a fresh start)")
+    if streams == 0:
+        return
+    if global_batch_sequences % streams:
+        raise ValueError(
+            f"{key} does not divide the global batch of {global_batch_sequences} sequences; valid: 0 or a "
+            f"divisor of {global_batch_sequences}: {_alternatives(_divisors(global_batch_sequences))}"
+        )
+    if dp_size is not None and streams % dp_size:
+        raise ValueError(
+            f"{key} does not split over {dp_size} data-parallel ranks: run or resume on a data-parallel "
+            f"size that divides {streams}: {_alternatives(_divisors(streams))}; to change to {dp_size} "
+            f"ranks later, start the run with data.streaming.streams a multiple of {dp_size}"
+        )
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _alternatives(values: list[int]) -> str:
+    """1 → "1"; [1, 2, 4] → "1, 2 or 4"."""
+    *head, last = [str(v) for v in values]
+    return f"{', '.join(head)} or {last}" if head else last
 
 
 def _read_toml(path: Path, what: str) -> dict[str, Any]:

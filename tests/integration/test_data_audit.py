@@ -1,5 +1,5 @@
 """Data audit: record every sample consumed and check that a run killed and resumed — on the same number
-of data-parallel ranks or (shards mode) on another — consumes exactly what an uninterrupted run does.
+of data-parallel ranks or on another — consumes exactly what an uninterrupted run does.
 
 Shards mode: each source's tokens encode (source, position), so a sample's id is read from the tensor the
 loader returned, not from the loader's own bookkeeping. Streaming mode: windows record the document spans
@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 from helpers import write_train_toml
-from launch import init_checkpoint, launch, losses, train
+from launch import init_checkpoint, losses, train
 
+from lmrepro.checkpoint import dcp
 from lmrepro.data.loader import WindowLoader
 from lmrepro.data.shards import TokenStream, write_index, write_shard
 from lmrepro.data.streaming import StreamingLoader, StreamSource
@@ -122,16 +123,19 @@ def test_shards_mixture_resume_on_the_same_and_another_dp_size(sources: list[Tok
 
 @pytest.fixture(scope="module")
 def documents(tmp_path_factory: pytest.TempPathFactory, tiny_data) -> dict:
-    """Two streaming sources cut from the tiny synthetic corpus: 4 JSONL files and 1 Parquet file."""
+    """Two streaming sources cut from the tiny synthetic corpus: 4 zstd-compressed JSONL files (one per
+    stream of 4) and 1 Parquet file (split by rows)."""
     import pandas as pd
+    import zstandard
 
     root = tmp_path_factory.mktemp("stream_audit")
     texts = [json.loads(line)["text"] for line in (tiny_data["raw"] / "train.jsonl").read_text().splitlines()]
-    stories, facts = texts[:1000], texts[1000:]
+    stories, facts = texts[:1000], texts[1000:1080]  # 20 facts per stream of 4: several epochs
     files = []
     for f in range(4):
-        path = root / f"stories-{f}.jsonl"
-        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in stories[f::4]))
+        path = root / f"stories-{f}.jsonl.zst"
+        jsonl = "".join(json.dumps({"text": t}) + "\n" for t in stories[f::4])
+        path.write_bytes(zstandard.ZstdCompressor().compress(jsonl.encode()))
         files.append(str(path))
     pd.DataFrame({"body": facts}).to_parquet(root / "facts.parquet")
     return {
@@ -143,48 +147,90 @@ def documents(tmp_path_factory: pytest.TempPathFactory, tiny_data) -> dict:
     }
 
 
-def stream_loaders(documents: dict, dp_size: int, prefetch: int = 0) -> list[StreamingLoader]:
+STREAMS = 4
+
+
+def stream_loaders(
+    documents: dict, dp_size: int, prefetch: int = 0, streams: int = 0
+) -> list[StreamingLoader]:
     return [
         StreamingLoader(documents["sources"], documents["tokenizer"], seq_len=SEQ_LEN,
-                        global_batch_sequences=GLOBAL_BATCH, dp_rank=r, dp_size=dp_size, seed=7,
-                        shuffle_buffer_documents=50, prefetch_batches=prefetch, record_documents=True)
+                        global_batch_sequences=GLOBAL_BATCH, dp_rank=r, dp_size=dp_size, streams=streams,
+                        seed=7, shuffle_buffer_documents=8, prefetch_batches=prefetch, record_documents=True)
         for r in range(dp_size)
     ]  # fmt: skip
 
 
-def consume_spans(loaders: list[StreamingLoader], steps: int) -> list[tuple]:
-    spans = []
+def consume_spans(loaders: list[StreamingLoader], steps: int) -> list[list[tuple]]:
+    """The global batches of `steps` steps as document spans: every rank's windows, in rank order."""
+    batches = []
     for _ in range(steps):
+        batch = []
         for ld in loaders:
             ld.next_batch()
-            spans += [tuple(map(tuple, window)) for window in ld.last_batch_ids]
-    return spans
+            batch += [tuple(map(tuple, window)) for window in ld.last_batch_ids]
+        batches.append(batch)
+    return batches
 
 
-def test_streaming_resume_on_the_same_dp_size(documents: dict) -> None:
-    steps, killed_at = 60, 23
-    uninterrupted = consume_spans(stream_loaders(documents, 2), steps)
-
-    two = stream_loaders(documents, 2, prefetch=3)
-    before = consume_spans(two, killed_at)
-    states = [json.loads(json.dumps(ld.state_dict())) for ld in two]
-    for ld in two:
+def checkpoint(loaders: list[StreamingLoader]) -> dict:
+    """What DCP keeps of the ranks' states: every key once (common keys alike, stream keys per owner)."""
+    states = [ld.state_dict() for ld in loaders]
+    common = {k: v for k, v in states[0].items() if not k.startswith("stream_")}
+    assert all({k: v for k, v in s.items() if not k.startswith("stream_")} == common for s in states)
+    for ld in loaders:
         ld.close()
-    resumed = stream_loaders(documents, 2, prefetch=2)
-    for ld, state in zip(resumed, states, strict=True):
-        ld.load_state_dict(state)
-    after = consume_spans(resumed, steps - killed_at)
-    assert Counter(before + after) == Counter(uninterrupted)
+    return json.loads(json.dumps({k: v for s in states for k, v in s.items()}))
 
-    # Tokens, not just windows: every (document, token) pair is consumed as often as uninterrupted.
-    def tokens(spans: list[tuple]) -> Counter:
-        return Counter((src, doc, t) for window in spans for src, doc, a, b in window for t in range(a, b))
 
-    assert tokens(before + after) == tokens(uninterrupted)
+def test_streaming_resume_on_the_same_and_another_dp_size(documents: dict) -> None:
+    steps, killed_at = 60, 23
+    uninterrupted = consume_spans(stream_loaders(documents, 1, streams=STREAMS), steps)
+    assert consume_spans(stream_loaders(documents, 4, streams=STREAMS), steps) == uninterrupted
+    # The streams partition each source: a document is read by one stream only (rows s·G/S … of a batch).
+    streams_of: dict[tuple[str, str], set[int]] = {}
+    for batch in uninterrupted:
+        for row, window in enumerate(batch):
+            for source, doc, _, _ in window:
+                streams_of.setdefault((source, doc), set()).add(row // (GLOBAL_BATCH // STREAMS))
+    assert {len(s) for s in streams_of.values()} == {1}
 
-    one = stream_loaders(documents, 1)[0]
-    with pytest.raises(ValueError, match=r"saved with \(2 ranks, now 1\)"):
-        one.load_state_dict(states[0])
+    # Killed: 2 ranks with prefetch threads running ahead; only the checkpointed state survives.
+    two = stream_loaders(documents, 2, prefetch=3, streams=STREAMS)
+    before = consume_spans(two, killed_at)
+    state = checkpoint(two)
+    assert state["streams"] == STREAMS and state["samples_consumed"] == killed_at * GLOBAL_BATCH
+
+    def tokens(batches: list[list[tuple]]) -> Counter:
+        """(document, token) pairs: every token is consumed as often as uninterrupted."""
+        return Counter(
+            (src, doc, t)
+            for batch in batches
+            for window in batch
+            for src, doc, a, b in window
+            for t in range(a, b)
+        )
+
+    for dp_size in (4, 2, 1):
+        resumed = stream_loaders(documents, dp_size, prefetch=2)  # streams = 0: as saved
+        for ld in resumed:
+            ld.load_state_dict(state)
+        after = consume_spans(resumed, steps - killed_at)
+        for ld in resumed:
+            ld.close()
+        assert before + after == uninterrupted  # same global batches of windows, in the same order
+        assert tokens(before + after) == tokens(uninterrupted)
+
+    # A checkpoint of 2 streams cannot be split over 4 ranks; a config cannot change a run's streams.
+    two = stream_loaders(documents, 2)  # streams = 0 on a fresh start: one per rank
+    consume_spans(two, 3)
+    state = checkpoint(two)
+    with pytest.raises(
+        ValueError, match=r"data.streaming.streams = 2 \(as saved in the checkpoint\) does not"
+    ):
+        stream_loaders(documents, 4)[0].load_state_dict(state)
+    with pytest.raises(ValueError, match=r"data.streaming.streams = 4 but the checkpoint was saved with 2"):
+        stream_loaders(documents, 2, streams=STREAMS)[0].load_state_dict(state)
 
 
 # --------------------------------------------------------------------------------- through the trainer
@@ -210,7 +256,8 @@ def _streaming_config(tmp_path: Path, documents: dict, name: str, tiny_data) -> 
 
 @pytest.mark.slow
 def test_trainer_streaming_segments_resume_exactly(tmp_path: Path, documents: dict, tiny_data) -> None:
-    """2 ranks (FSDP, gloo): 0 → 6 then 6 → 12 equals 0 → 12; each rank's position goes through DCP."""
+    """2 ranks (FSDP, gloo): 0 → 6 then 6 → 12 equals 0 → 12, each stream's position going through DCP; the
+    run's 2 streams (one per rank at the start) continue on 1 process: the same batches, the same losses."""
     config, step0 = _streaming_config(tmp_path, documents, "ref", tiny_data)
     reference = tmp_path / "ref" / "checkpoints" / "step-12"
     train(config, step0, reference, 12, nproc=2)
@@ -218,6 +265,7 @@ def test_trainer_streaming_segments_resume_exactly(tmp_path: Path, documents: di
     config, step0 = _streaming_config(tmp_path, documents, "seg", tiny_data)
     middle = tmp_path / "seg" / "checkpoints" / "step-6"
     train(config, step0, middle, 6, nproc=2)
+    assert dcp.read_meta(middle)["data"] == {"samples_consumed": 48, "seed": 0, "seq_len": 32, "streams": 2}
     final = tmp_path / "seg" / "checkpoints" / "step-12"
     train(config, middle, final, 12, nproc=2)
     ref, got = losses(reference), losses(final)
@@ -226,8 +274,12 @@ def test_trainer_streaming_segments_resume_exactly(tmp_path: Path, documents: di
     rows = [json.loads(line) for line in (final / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["mixture/stories"] == pytest.approx(0.6, abs=0.02)
 
-    # One process cannot take over the positions of two sub-streams: refused, naming both sizes.
-    proc = launch(config, middle, tmp_path / "seg" / "checkpoints" / "step-12b", 12, nproc=1)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode != 0
-    assert "resumes only on the data-parallel size it was saved with (2 ranks, now 1)" in out
+    # 6 → 12 on one process (its own run folder: no rolling checkpoint of the 2-rank segment is picked up).
+    config, _ = _streaming_config(tmp_path, documents, "one", tiny_data)
+    single = tmp_path / "one" / "checkpoints" / "step-12"
+    train(config, middle, single, 12, nproc=1)
+    one = losses(single)
+    for step in range(7, 13):
+        assert one[step] == pytest.approx(ref[step], rel=1e-4), step  # FSDP 2 vs 1 process, as test_parallel
+    rows = [json.loads(line) for line in (single / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["mixture/stories"] == pytest.approx(0.6, abs=0.02)

@@ -1,4 +1,4 @@
-"""Unit tests for lmrepro.data.streaming: windows from streamed JSONL/Parquet, exact resume, ranks, mixture.
+"""Unit tests for lmrepro.data.streaming: windows from streamed JSONL/Parquet, exact resume, streams, mixture.
 
 The documents are real files read by `datasets` streaming and tokenized by a real BPE; every window
 records the document spans it was cut from, and those spans are checked against the tokens.
@@ -15,8 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
+from lmrepro.config import JobConfig, SourceConfig, StreamingConfig, validate
 from lmrepro.data.streaming import StreamingLoader, StreamSource, builder_for
 from lmrepro.data.tokenizer import load_tokenizer, train_bpe
+from lmrepro.train.trainer import plan_layout
 
 SEQ_LEN = 32
 GLOBAL_BATCH = 8
@@ -156,31 +158,94 @@ def test_exact_resume_on_the_same_dp_size(corpus: dict, dp_size: int, prefetch: 
         resumed.close()
 
 
-def test_state_is_small_and_per_rank(corpus: dict) -> None:
-    ld = make(corpus, mixed(corpus), dp_rank=1, dp_size=2)
+def test_state_is_small_and_per_stream(corpus: dict) -> None:
+    ld = make(corpus, mixed(corpus), dp_rank=1, dp_size=2, streams=4)
     run(ld, 3)
     state = ld.state_dict()
-    assert set(state) == {"samples_consumed", "seed", "seq_len", "dp_size", "dp_rank_1"}
-    assert len(state["dp_rank_1"]) < 8192  # positions, no token or row buffers
+    assert set(state) == {"samples_consumed", "seed", "seq_len", "streams", "stream_2", "stream_3"}
+    assert state["streams"] == 4
+    assert len(state["stream_2"]) < 8192  # positions, no token or row buffers
+    assert ld.common_state() == {"samples_consumed": 3 * GLOBAL_BATCH, "seed": 0, "seq_len": SEQ_LEN,
+                                 "streams": 4}  # fmt: skip
+    assert set(make(corpus, dp_rank=1, dp_size=2).state_dict()) >= {"stream_1"}  # 0: one per rank
 
 
-def test_resume_on_another_dp_size_is_refused(corpus: dict) -> None:
-    four = [make(corpus, dp_rank=r, dp_size=4) for r in range(4)]
+def test_resume_on_another_dp_size_reads_the_same_global_batches(corpus: dict) -> None:
+    k, n = 3, 6
+    reference, _ = run(make(corpus, mixed(corpus), streams=4), k + n)
+    four = [make(corpus, mixed(corpus), dp_rank=r, dp_size=4, streams=4) for r in range(4)]
     for ld in four:
-        run(ld, 2)
-    two = make(corpus, dp_rank=0, dp_size=2)
+        run(ld, k)
+    state = json.loads(json.dumps({key: v for ld in four for key, v in ld.state_dict().items()}))
+    for dp_size in (2, 1):
+        ranks = [make(corpus, mixed(corpus), dp_rank=r, dp_size=dp_size) for r in range(dp_size)]
+        template = ranks[0].resume_template({"step": k, "data": {"streams": 4}})
+        assert {key for key in template if key.startswith("stream_")} == {
+            f"stream_{s}" for s in range(4 // dp_size)
+        }
+        for ld in ranks:
+            ld.load_state_dict(state)  # 0 in the config: the checkpoint's 4 streams
+        for step in range(n):
+            assert torch.equal(torch.cat([ld.next_batch()[0] for ld in ranks]), reference[k + step])
+    assert set(make(corpus).resume_template({"step": 0})) == {"samples_consumed", "seed", "seq_len"}
+
+
+def test_streams_must_divide_the_global_batch_and_split_over_the_ranks(corpus: dict) -> None:
     with pytest.raises(
-        ValueError, match=r"only on the data-parallel size it was saved with \(4 ranks, now 2\)"
+        ValueError,
+        match=r"^data.streaming.streams = 3 does not divide the global batch of 8 sequences; "
+        r"valid: 0 or a divisor of 8: 1, 2, 4 or 8$",
     ):
-        two.load_state_dict(four[0].state_dict())
-    meta = {"step": 2, "parallel": {"dp_shard": 4, "dp_replicate": 1}}
-    with pytest.raises(ValueError, match="use data.mode = 'shards'"):
-        two.resume_template(meta)
-    assert set(two.resume_template({"step": 0})) == {"samples_consumed", "seed", "seq_len"}
+        make(corpus, streams=3)
+    with pytest.raises(
+        ValueError,
+        match=r"^data.streaming.streams = 2 does not split over 4 data-parallel ranks: run or resume on a "
+        r"data-parallel size that divides 2: 1 or 2; to change to 4 ranks later, start the run with "
+        r"data.streaming.streams a multiple of 4$",
+    ):
+        make(corpus, dp_rank=0, dp_size=4, streams=2)
+
+
+def test_a_checkpoint_keeps_its_streams(corpus: dict) -> None:
+    two = make(corpus, streams=2)
+    run(two, 2)
+    state = json.loads(json.dumps(two.state_dict()))
+    with pytest.raises(ValueError, match=r"= 2 \(as saved in the checkpoint\) does not split over 4"):
+        make(corpus, dp_rank=0, dp_size=4).load_state_dict(state)
+    with pytest.raises(
+        ValueError, match=r"data.streaming.streams = 4 but the checkpoint was saved with 2 streams"
+    ):
+        make(corpus, streams=4).resume_template({"step": 2, "data": {"streams": 2}})
+    with pytest.raises(ValueError, match=r"records no data.streams"):
+        make(corpus).resume_template({"step": 2, "data": {"samples_consumed": 16}})
+
+
+def _streaming_job(**streaming) -> JobConfig:
+    job = JobConfig()
+    job.model.vocab_size = 300
+    job.data.mode = "streaming"
+    job.data.sources = [SourceConfig(name="web", files=["web.jsonl"])]
+    job.data.streaming = StreamingConfig(**streaming)
+    return job
+
+
+def test_streams_are_checked_with_the_config(corpus: dict) -> None:
+    validate(_streaming_job(streams=4))  # 4096 tokens / 128 = 32 sequences
+    with pytest.raises(
+        ValueError, match=r"^data.streaming.streams = 3 does not divide the global batch of 32"
+    ):
+        validate(_streaming_job(streams=3))
+    with pytest.raises(ValueError, match=r"^data.streaming.streams = -1 must be >= 0"):
+        validate(_streaming_job(streams=-1))
+    assert plan_layout(_streaming_job(streams=4), world_size=2).dims.dp_size == 2
+    plan_layout(_streaming_job(), world_size=4)  # 0: resolved from the checkpoint, or one per rank
+    with pytest.raises(ValueError, match=r"^data.streaming.streams = 2 does not split over 4 data-parallel"):
+        plan_layout(_streaming_job(streams=2), world_size=4)
 
 
 def test_datasets_state_of_a_4_rank_split_does_not_fit_a_2_rank_split(corpus: dict) -> None:
-    """Why another dp size is refused: `datasets` loads the state silently, and rows repeat or go missing."""
+    """Why positions belong to virtual streams, not ranks: a 4-rank split's `datasets` state loads silently
+    into a 2-rank split, and rows repeat or go missing."""
     from datasets import load_dataset
     from datasets.distributed import split_dataset_by_node
 
@@ -239,7 +304,7 @@ def test_bad_inputs_are_named(corpus: dict, tmp_path: Path) -> None:
     nofield.write_text(json.dumps({"content": "hello"}) + "\n")
     with pytest.raises(ValueError, match=r"a row has no 'text' field \(keys: \['content'\]\)"):
         make(corpus, [StreamSource("odd", 1.0, [str(nofield)])]).next_batch()
-    with pytest.raises(ValueError, match=r"no documents for data-parallel rank 1 of 2"):
+    with pytest.raises(ValueError, match=r"no documents in stream 1 of data.streaming.streams = 2"):
         make(corpus, [StreamSource("odd", 1.0, [str(nofield)])], dp_rank=1, dp_size=2).next_batch()
 
 

@@ -146,11 +146,20 @@ class PrefetchingLoader(ABC):
     @abstractmethod
     def state_dict(self) -> dict: ...
 
+    def common_state(self) -> dict:
+        """The part of the state every rank holds alike; the trainer records it in meta.json ("data")."""
+        return self.state_dict()
+
+    @property
+    def scheduled_samples(self) -> int:
+        """Samples the mixture schedule has assigned so far (its realised shares are the global ones)."""
+        return self.samples_consumed
+
     def metrics(self) -> dict[str, float]:
         """Realised token share of each source so far (mixture/<name>), for the metrics rows."""
         if len(self.names) < 2:
             return {}
-        shares = self.schedule.shares(self.samples_consumed)
+        shares = self.schedule.shares(self.scheduled_samples)
         return {f"mixture/{name}": share for name, share in zip(self.names, shares, strict=True)}
 
 
@@ -323,6 +332,7 @@ def build_loader(
         loader = StreamingLoader(
             [StreamSource(s.name, s.weight, s.files, s.text_key) for s in sources],
             cfg.streaming.tokenizer,
+            streams=cfg.streaming.streams,
             shuffle_buffer_documents=cfg.streaming.shuffle_buffer_documents,
             **common,
         )

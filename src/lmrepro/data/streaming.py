@@ -5,25 +5,35 @@ shuffle), changed where it could not resume exactly:
 
 * **Shuffle.** `IterableDataset.shuffle(buffer_size)` drops (or re-reads) the rows of its buffer on
   resume — its docstring says so, and it is the "re-read rows it should have skipped" of the seed. Here
-  each source is read in blocks of `shuffle_buffer_documents` documents; a block is permuted with a seed
-  from (seed, source, epoch, block) and consumed in that order. The position is (epoch, block, the
-  `datasets` state_dict() at the block's start, document in the block, token offset in the document):
-  a resume re-reads one block and re-tokenizes one document, and nothing is stored but that position —
-  no token buffer (a document longer than a window would make one unbounded). Files are shuffled per
-  epoch with the same seed.
+  each sub-stream is read in blocks of `shuffle_buffer_documents` documents; a block is permuted with a
+  seed from (seed, source, stream, epoch, block) and consumed in that order. The position is (epoch,
+  block, the `datasets` state_dict() at the block's start, document in the block, token offset in the
+  document): a resume re-reads one block and re-tokenizes one document, and nothing is stored but that
+  position — no token buffer (a document longer than a window would make one unbounded). A source's files
+  are shuffled per epoch with a seed from (seed, source, epoch), the same for all streams, so that the
+  streams' splits of one file list partition it.
 * **Mixture.** `interleave_datasets(probabilities=…)` mixes rows, so token shares depend on document
   lengths. Here every window is filled from one source, chosen by the same token-fraction schedule as
-  shards mode (lmrepro.data.mixture); each source keeps its own stream and position.
-* **Ranks.** Each source is split with `split_dataset_by_node(rank, dp_size)`: rank r reads whole files
-  (when the file count is a multiple of dp_size) or every dp_size-th row. That sub-stream is fixed by
-  (rank, dp_size), and a rank's state is a position in it. So a checkpoint resumes exactly on the same
-  data-parallel size only; positions of 4 sub-streams say nothing about where the 2 sub-streams of a
-  2-rank split stand (`datasets` loads such a state silently and repeats and skips rows), so the loader
-  refuses a different size. Use shards mode, whose state is global, to change the number of ranks.
+  shards mode (lmrepro.data.mixture) over the stream's own windows; each source keeps its own position.
+* **Ranks: virtual streams.** Splitting each source by data-parallel rank (`split_dataset_by_node(rank,
+  dp)`) ties a position to its sub-stream: the positions of 4 sub-streams say nothing about where the 2
+  sub-streams of a 2-rank split stand (`datasets` loads such a state silently, and rows repeat or go
+  missing). So the data is cut into S virtual streams (`data.streaming.streams`), fixed for the whole run:
+  stream s reads `split_dataset_by_node(rank=s, world_size=S)` of every source and is a complete mixture
+  stream of its own. Each step every stream supplies G/S windows of the global batch of G; rank r of dp
+  owns the contiguous streams [r·S/dp, (r+1)·S/dp) and its batch is their windows in stream order. The
+  global batch is therefore the same, in the same order, on every dp that divides S, and a resume on any
+  of them is exact. The cost: a rank reads S/dp sub-streams of every source, each holding one shuffle
+  block in memory, and a source whose file count is not a multiple of S is split by rows (`datasets`
+  keeps every S-th row), so each of its sub-streams reads all rows. S must divide G and be a multiple of
+  every dp the run will use; 0 takes the checkpoint's S, or one per rank on a fresh start.
 
 Windows are seq_len + 1 tokens of BOS + text + EOS documents laid end to end; consecutive windows of a
-source overlap by one token, as in shards mode. Each rank's state is one JSON string stored under its
-own key `dp_rank_<r>` in the checkpoint (DCP keeps one copy of a key that all ranks share).
+source overlap by one token, as in shards mode. The state holds the common keys (samples consumed, seed,
+seq_len, streams S) and one JSON string of positions per stream under `stream_<s>`, written by the rank
+that owns the stream (DCP saves a key that only one rank has from that rank, and one copy of a key all
+ranks share). A stream's window count is samples consumed / S. The trainer records the common keys in
+meta.json, so a resume knows S, and with it the keys of its own streams, before it loads them.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from itertools import islice
 
 import numpy as np
 
+from lmrepro.config import check_streams
 from lmrepro.data.loader import Batch, PrefetchingLoader, check_common_state
 from lmrepro.data.mixture import MixtureSchedule, check_weights
 from lmrepro.data.tokenizer import load_tokenizer
@@ -74,16 +85,16 @@ def builder_for(files: Sequence[str]) -> str:
 
 
 class SourceReader:
-    """One source's documents on one data-parallel rank, read as windows from a resumable position."""
+    """One source's sub-stream of one virtual stream, read as windows from a resumable position."""
 
-    def __init__(self, source: StreamSource, index: int, tokenizer, *, seq_len: int, dp_rank: int,
-                 dp_size: int, seed: int, block_documents: int, record: bool):  # fmt: skip
+    def __init__(self, source: StreamSource, index: int, tokenizer, *, seq_len: int, stream: int,
+                 streams: int, seed: int, block_documents: int, record: bool):  # fmt: skip
         if not source.files:
             raise ValueError(f"streaming source {source.name!r} has no files")
         self.source, self.index, self.tok = source, index, tokenizer
         self.builder = builder_for(source.files)
         self.window_tokens = seq_len + 1
-        self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
+        self.stream, self.streams, self.seed = stream, streams, seed
         self.block_documents, self.text_key, self.record = block_documents, source.text_key, record
         self.prefix = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
         self.seek(start_position())
@@ -93,10 +104,10 @@ class SourceReader:
         return {k: getattr(self, k) for k in ("epoch", "block", "block_start", "doc", "offset")}
 
     def seek(self, position: dict) -> None:
-        """Go to a position; the block is (re-)read lazily, on the next window."""
+        """Go to a position; the files are opened and the block (re-)read lazily, on the next window."""
         for key in ("epoch", "block", "block_start", "doc", "offset"):
             setattr(self, key, position[key])
-        self._open_epoch()
+        self._ds, self._texts = None, None
 
     def _open_epoch(self) -> None:
         from datasets import load_dataset
@@ -106,14 +117,16 @@ class SourceReader:
         rng = np.random.default_rng([self.seed, self.index, self.epoch, _FILE_ORDER_TAG])
         files = [files[i] for i in rng.permutation(len(files))]
         ds = load_dataset(self.builder, data_files=files, split="train", streaming=True)
-        if self.dp_size > 1:
-            ds = split_dataset_by_node(ds, rank=self.dp_rank, world_size=self.dp_size)
+        if self.streams > 1:
+            ds = split_dataset_by_node(ds, rank=self.stream, world_size=self.streams)
         self._ds, self._rows, self._texts = ds, None, None
         self._tokens: dict[int, np.ndarray] = {}
 
     def _read_block(self) -> None:
         """Read the current block's documents (continuing the open stream, or from block_start)."""
         while True:
+            if self._ds is None:
+                self._open_epoch()
             if self._rows is None:
                 if self.block_start is not None:
                     self._ds.load_state_dict(self.block_start)
@@ -130,13 +143,13 @@ class SourceReader:
                 break
             if self.block == 0:
                 raise ValueError(
-                    f"streaming source {self.source.name!r} has no documents for data-parallel rank "
-                    f"{self.dp_rank} of {self.dp_size} (files: {list(self.source.files)})"
+                    f"streaming source {self.source.name!r} has no documents in stream {self.stream} of "
+                    f"data.streaming.streams = {self.streams} (files: {list(self.source.files)})"
                 )
             self.epoch, self.block, self.block_start, self.doc, self.offset = self.epoch + 1, 0, None, 0, 0
-            self._open_epoch()
+            self._ds = None
         self._next_block_start = json.loads(json.dumps(self._ds.state_dict()))
-        rng = np.random.default_rng([self.seed, self.index, self.epoch, self.block])
+        rng = np.random.default_rng([self.seed, self.index, self.stream, self.epoch, self.block])
         self._texts = [texts[i] for i in rng.permutation(len(texts))]
         self._tokens = {}
 
@@ -180,7 +193,8 @@ class SourceReader:
 
 
 class StreamingLoader(PrefetchingLoader):
-    """Windows from streamed raw documents, mixed by token fractions; exact resume on the same dp size."""
+    """Windows from streamed raw documents, mixed by token fractions, read as S virtual streams; a resume
+    is exact on any data-parallel size that divides S."""
 
     def __init__(
         self,
@@ -191,6 +205,7 @@ class StreamingLoader(PrefetchingLoader):
         global_batch_sequences: int,
         dp_rank: int = 0,
         dp_size: int = 1,
+        streams: int = 0,
         seed: int = 0,
         shuffle_buffer_documents: int = 10000,
         prefetch_batches: int = 2,
@@ -207,37 +222,67 @@ class StreamingLoader(PrefetchingLoader):
             )
         if shuffle_buffer_documents < 1:
             raise ValueError(f"shuffle_buffer_documents must be >= 1, got {shuffle_buffer_documents}")
+        self.sources = list(sources)
         self.names = [s.name for s in sources]
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"streaming sources need distinct names, got {self.names}")
         fractions = check_weights({s.name: s.weight for s in sources}, "data.sources")
         self.schedule = MixtureSchedule(list(fractions.values()), seed)
-        tok = load_tokenizer(tokenizer)
-        self.vocab_size = tok.vocab_size
+        self._tok = load_tokenizer(tokenizer)
+        self.vocab_size = self._tok.vocab_size
         self.seq_len, self.seed = seq_len, seed
         self.global_batch_sequences = global_batch_sequences
         self.local_batch_sequences = global_batch_sequences // dp_size
         self.dp_rank, self.dp_size = dp_rank, dp_size
-        self.readers = [
-            SourceReader(s, k, tok, seq_len=seq_len, dp_rank=dp_rank, dp_size=dp_size, seed=seed,
-                         block_documents=shuffle_buffer_documents, record=record_documents)
-            for k, s in enumerate(sources)
-        ]  # fmt: skip
+        self.configured_streams = streams  # 0: as saved, or one per rank on a fresh start
+        self._reading = dict(seq_len=seq_len, seed=seed, block_documents=shuffle_buffer_documents,
+                             record=record_documents)  # fmt: skip
         self.samples_consumed = 0
-        self._positions = [r.position() for r in self.readers]  # of the consumed batches
         self._next_batch = 0  # production cursor
+        self._use_streams(streams or dp_size)
 
+    # ---- streams ---------------------------------------------------------------------------------
+    def _use_streams(self, streams: int, *, saved: bool = False) -> None:
+        """Read S virtual streams: readers of this rank's streams, at their first windows."""
+        check_streams(streams, self.global_batch_sequences, self.dp_size, saved=saved)
+        self.close()
+        self.streams = streams
+        per_rank = streams // self.dp_size
+        own = range(self.dp_rank * per_rank, (self.dp_rank + 1) * per_rank)
+        self._readers = {
+            s: [SourceReader(source, k, self._tok, stream=s, streams=streams, **self._reading)
+                for k, source in enumerate(self.sources)]
+            for s in own
+        }  # fmt: skip
+        self._positions = {s: [start_position() for _ in self.sources] for s in own}  # of consumed batches
+
+    def _saved_streams(self, saved: int) -> int:
+        if self.configured_streams not in (0, saved):
+            raise ValueError(
+                f"data.streaming.streams = {self.configured_streams} but the checkpoint was saved with "
+                f"{saved} streams; a run keeps its streams: set data.streaming.streams = {saved} or 0"
+            )
+        return saved
+
+    @property
+    def scheduled_samples(self) -> int:
+        return self.samples_consumed // self.streams  # every stream follows the same schedule
+
+    # ---- producing and consuming -------------------------------------------------------------------
     def _produce(self) -> Batch:
         batch_index = self._next_batch
         self._next_batch += 1
-        first = batch_index * self.global_batch_sequences + self.dp_rank * self.local_batch_sequences
-        sources, _ = self.schedule.assign(first, self.local_batch_sequences)
-        rows = np.empty((len(sources), self.seq_len + 1), dtype=np.int64)
-        ids = [self.readers[k].read_window(row) for k, row in zip(sources.tolist(), rows, strict=True)]
+        per_stream = self.global_batch_sequences // self.streams
+        sources, _ = self.schedule.assign(batch_index * per_stream, per_stream)
+        rows = np.empty((self.local_batch_sequences, self.seq_len + 1), dtype=np.int64)
+        ids = []
+        for i, readers in enumerate(self._readers.values()):
+            for k, row in zip(sources.tolist(), rows[i * per_stream : (i + 1) * per_stream], strict=True):
+                ids.append(readers[k].read_window(row))
         inputs, targets = self._tensors(rows)
         state = {
             "samples_consumed": (batch_index + 1) * self.global_batch_sequences,
-            "positions": [r.position() for r in self.readers],
+            "positions": {s: [r.position() for r in readers] for s, readers in self._readers.items()},
         }
         return Batch(inputs, targets, state, ids)
 
@@ -246,54 +291,57 @@ class StreamingLoader(PrefetchingLoader):
         self._positions = batch.state["positions"]
 
     def _rewind(self) -> None:
-        for reader, position in zip(self.readers, self._positions, strict=True):
-            reader.seek(position)
+        for s, readers in self._readers.items():
+            for reader, position in zip(readers, self._positions[s], strict=True):
+                reader.seek(position)
         self._next_batch = self.samples_consumed // self.global_batch_sequences
 
-    @property
-    def rank_key(self) -> str:
-        return f"dp_rank_{self.dp_rank}"
-
-    def state_dict(self) -> dict:
-        rank_state = {"sources": self.names, "positions": self._positions}
+    # ---- state -------------------------------------------------------------------------------------
+    def common_state(self) -> dict:
         return {
             "samples_consumed": self.samples_consumed,
             "seed": self.seed,
             "seq_len": self.seq_len,
-            "dp_size": self.dp_size,
-            self.rank_key: json.dumps(rank_state),
+            "streams": self.streams,
         }
 
+    def state_dict(self) -> dict:
+        own = {
+            f"stream_{s}": json.dumps({"sources": self.names, "positions": positions})
+            for s, positions in self._positions.items()
+        }
+        return {**self.common_state(), **own}
+
     def resume_template(self, checkpoint_meta: dict) -> dict:
-        """Step 0 holds only the common keys; later checkpoints this rank's position, if dp matches."""
+        """Step 0 holds only the common keys; a later checkpoint the keys of this rank's streams, whose
+        number its meta.json records (the trainer writes common_state() there)."""
         if checkpoint_meta.get("step", 0) == 0:
             return {"samples_consumed": 0, "seed": self.seed, "seq_len": self.seq_len}
-        parallel = checkpoint_meta.get("parallel", {})
-        saved = parallel.get("dp_shard", 1) * parallel.get("dp_replicate", 1)
-        self._check_dp_size(saved)
-        return self.state_dict()
-
-    def _check_dp_size(self, saved: int) -> None:
-        if saved != self.dp_size:
+        saved = checkpoint_meta.get("data", {}).get("streams")
+        if saved is None:
             raise ValueError(
-                f"data.mode = 'streaming' resumes only on the data-parallel size it was saved with "
-                f"({saved} ranks, now {self.dp_size}): each rank's position is in its own "
-                "split_dataset_by_node sub-stream. Resume on the same size, or use data.mode = 'shards'."
+                "the checkpoint's meta.json records no data.streams: it was not saved in streaming mode"
             )
+        self._use_streams(self._saved_streams(saved), saved=True)
+        return self.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         check_common_state(state, seed=self.seed, seq_len=self.seq_len, batch=self.global_batch_sequences)
-        if self.rank_key not in state:
+        if "streams" not in state:  # the step-0 seed checkpoint
             if state["samples_consumed"]:
-                raise ValueError(f"streaming data state has no {self.rank_key} position: {sorted(state)}")
-            self.samples_consumed, self._positions = 0, [start_position() for _ in self.readers]
+                raise ValueError(f"streaming data state has no number of streams: {sorted(state)}")
+            self._use_streams(self.configured_streams or self.dp_size)
         else:
-            self._check_dp_size(state["dp_size"])
-            rank_state = json.loads(state[self.rank_key])
-            if rank_state["sources"] != self.names:
-                raise ValueError(
-                    f"checkpointed streaming sources {rank_state['sources']} differ from data.sources "
-                    f"{self.names}"
-                )
-            self.samples_consumed, self._positions = state["samples_consumed"], rank_state["positions"]
+            self._use_streams(self._saved_streams(state["streams"]), saved=True)
+            for s in self._positions:
+                if f"stream_{s}" not in state:
+                    raise ValueError(f"streaming data state has no stream_{s} position: {sorted(state)}")
+                stream_state = json.loads(state[f"stream_{s}"])
+                if stream_state["sources"] != self.names:
+                    raise ValueError(
+                        f"checkpointed streaming sources {stream_state['sources']} differ from data.sources "
+                        f"{self.names}"
+                    )
+                self._positions[s] = stream_state["positions"]
+        self.samples_consumed = state["samples_consumed"]
         self._restart()

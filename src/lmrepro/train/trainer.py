@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from lmrepro.checkpoint import dcp
 from lmrepro.checkpoint.init_base import INIT_RECORD, init_from_base
-from lmrepro.config import JobConfig, config_sha256, to_dict
+from lmrepro.config import JobConfig, check_streams, config_sha256, to_dict
 from lmrepro.data.loader import build_loader
 from lmrepro.model.flavors import model_args, params_json
 from lmrepro.model.llama import ModelArgs, Transformer, flops_per_token
@@ -86,6 +86,8 @@ def plan_layout(job: JobConfig, world_size: int) -> Layout:
             f"training.global_batch_tokens = {job.training.global_batch_tokens} is not divisible by "
             f"data.seq_len × data-parallel ranks = {seq_len} × {dims.dp_size}"
         )
+    if job.data.mode == "streaming":
+        check_streams(job.data.streaming.streams, global_sequences, dims.dp_size)
     local_sequences = global_sequences // dims.dp_size
     micro = job.training.micro_batch_sequences or local_sequences
     if local_sequences % micro:
@@ -234,7 +236,7 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         template = self._train_state()
-        template["data"] = self.loader.resume_template(dcp.read_meta(path))  # streaming: per-rank keys
+        template["data"] = self.loader.resume_template(dcp.read_meta(path))  # streaming: per-stream keys
         dcp.load(path, self.model, self.optimizer, template)
         self.step = int(template["step"])
         self.tokens_seen = int(template["tokens_seen"])
@@ -261,6 +263,7 @@ class Trainer:
             "model_args": params_json(self.model_args),
             "seq_len": self.job.data.seq_len,
             "lr": lr_at(self.step, self.job.optimizer.lr, self.job.training.steps, self.job.schedule),
+            "data": self.loader.common_state(),  # what a resume must know before it names the data keys
             "parallel": {
                 "world_size": self.dims.world_size,
                 "dp_shard": self.dims.dp_shard,
