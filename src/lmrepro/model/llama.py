@@ -140,15 +140,22 @@ def apply_rotary_emb(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q and k; channels (2j, 2j+1) form one complex number (Meta's interleaved layout).
 
-    Computed in fp32 because bf16 angles lose position information at long range.
+    The rotation is written with real cos/sin arithmetic rather than complex multiplication: Inductor
+    generates no code for complex operators, so the complex form runs as separate eager kernels, while
+    this one fuses into the surrounding kernels (0.6% of a Llama-3.2-1B step on an H100). Computed in fp32
+    because bf16 angles lose position information at long range.
     """
     bsz, seqlen, _, hd = xq.shape
-    xq_ = torch.view_as_complex(xq.float().reshape(bsz, seqlen, -1, hd // 2, 2))  # [b, s, hq, hd/2]
-    xk_ = torch.view_as_complex(xk.float().reshape(bsz, seqlen, -1, hd // 2, 2))  # [b, s, hkv, hd/2]
-    freqs_cis = freqs_cis[:seqlen].view(1, seqlen, 1, hd // 2)  # [1, s, 1, hd/2]: broadcast over b, heads
-    xq_out = torch.view_as_real(xq_ * freqs_cis).flatten(3)  # [b, s, hq, hd]
-    xk_out = torch.view_as_real(xk_ * freqs_cis).flatten(3)  # [b, s, hkv, hd]
-    return xq_out.type_as(xq), xk_out.type_as(xk)
+    cos_sin = torch.view_as_real(freqs_cis[:seqlen]).view(1, seqlen, 1, hd // 2, 2)  # [1, s, 1, hd/2, 2]
+    cos, sin = cos_sin[..., 0], cos_sin[..., 1]  # broadcast over b and heads
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        pairs = x.float().reshape(*x.shape[:-1], hd // 2, 2)  # [b, s, h, hd/2, 2]
+        real, imag = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+        return rotated.flatten(3).type_as(x)  # [b, s, h, hd]
+
+    return rotate(xq), rotate(xk)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:

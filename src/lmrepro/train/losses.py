@@ -13,7 +13,8 @@ import torch
 
 
 def _chunk_step(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float):
-    """Loss sum and gradients (already multiplied by `scale`) of one chunk of tokens."""
+    """Loss sum of one chunk of tokens, the gradient of its hidden states and of its logits (both already
+    multiplied by `scale`)."""
     logits = (hidden @ weight.t()).float()  # [c, vocab]
     lse = torch.logsumexp(logits, dim=-1)  # [c]
     target_logits = logits.gather(1, targets[:, None]).squeeze(1)  # [c]
@@ -21,7 +22,17 @@ def _chunk_step(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     grad_logits = torch.exp(logits - lse[:, None])  # softmax, [c, vocab]
     grad_logits.scatter_add_(1, targets[:, None], torch.full_like(target_logits[:, None], -1.0))
     grad_logits = (grad_logits * scale).to(hidden.dtype)
-    return loss_sum, grad_logits @ weight, grad_logits.t() @ hidden  # loss, d hidden [c, d], d weight [v, d]
+    return loss_sum, grad_logits @ weight, grad_logits  # loss, d hidden [c, d], d logits [c, vocab]
+
+
+def _add_weight_grad(grad_weight: torch.Tensor, grad_logits: torch.Tensor, hidden: torch.Tensor) -> None:
+    """grad_weight (fp32) += grad_logits.T @ hidden. On CUDA the GEMM accumulates into grad_weight in
+    fp32 itself (out_dtype), instead of writing a bf16 product that a separate pass adds (1.4% of a
+    Llama-3.2-1B step on an H100, and no bf16 rounding of each chunk's contribution)."""
+    if grad_weight.is_cuda and grad_logits.dtype != torch.float32:
+        torch.addmm(grad_weight, grad_logits.t(), hidden, out_dtype=torch.float32, out=grad_weight)
+    else:
+        grad_weight += (grad_logits.t() @ hidden).float()
 
 
 _compiled_chunk_step = None
@@ -45,10 +56,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for start in range(0, n, chunk_tokens):
                 chunk = slice(start, min(start + chunk_tokens, n))
-                loss_sum, grad_h, grad_w = step(h[chunk], w, targets[chunk], 1.0 / n)
+                loss_sum, grad_h, grad_logits = step(h[chunk], w, targets[chunk], 1.0 / n)
                 loss += loss_sum
                 grad_hidden[chunk] = grad_h
-                grad_weight += grad_w
+                _add_weight_grad(grad_weight, grad_logits, h[chunk])
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return loss / n

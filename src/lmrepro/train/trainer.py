@@ -32,7 +32,7 @@ from lmrepro.data.loader import build_loader
 from lmrepro.model.flavors import model_args, params_json
 from lmrepro.model.llama import ModelArgs, Transformer, flops_per_token
 from lmrepro.train import metrics as metrics_lib
-from lmrepro.train.optim import build_optimizer, clip_grad_norm, set_lr
+from lmrepro.train.optim import build_optimizer, clip_and_step, set_lr
 from lmrepro.train.parallel import (
     ParallelDims,
     build_mesh,
@@ -163,6 +163,10 @@ class Trainer:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             timeout = timedelta(seconds=int(os.environ.get("LMREPRO_PG_TIMEOUT_S", "600")))
             dist.init_process_group(backend, timeout=timeout)
+        # Host-side agreement (the stop flag) goes over gloo: a CPU tensor in an NCCL collective would
+        # have to pass through the GPU and wait for it.
+        nccl = dist.is_initialized() and dist.get_backend() == "nccl"
+        self._host_group = dist.new_group(backend="gloo") if nccl else None
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.mesh = build_mesh(self.dims, self.device.type)
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -345,21 +349,21 @@ class Trainer:
             x = inputs[batch].to(self.device, non_blocking=True)
             y = targets[batch].to(self.device, non_blocking=True)
             loss_sum += self.forward_backward(x, y)
-        grad_norm = clip_grad_norm(list(self.model.parameters()), self.job.optimizer.grad_clip_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        params = list(self.model.parameters())
+        grad_norm = clip_and_step(self.optimizer, params, self.job.optimizer.grad_clip_norm)
         loss = loss_sum / self.grad_accum_steps
         if dist.is_initialized():
             dist.all_reduce(loss, op=dist.ReduceOp.AVG)
         self.tokens_seen += self.job.training.global_batch_tokens
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return {"loss": float(loss), "lr": lr, "grad_norm": grad_norm, "data_wait_s": data_wait_s}
+        # loss and grad_norm stay on the device: nothing here waits for the GPU, so the host queues the
+        # next step while this one runs; they become floats only on the steps that are logged.
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "data_wait_s": data_wait_s}
 
     def _stop_requested(self) -> bool:
-        flag = torch.tensor([1 if self._stop_signal else 0], device=self.device)
+        """Whether any rank got a stop signal; agreed over a host (gloo) group: the GPU is not waited on."""
+        flag = torch.tensor([1 if self._stop_signal else 0])
         if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._host_group)
         return bool(flag.item())
 
     def describe(self) -> None:
@@ -406,6 +410,7 @@ class Trainer:
                 out = self.train_step()
                 window_tokens += job.training.global_batch_tokens
                 if self.step % job.metrics.log_every_steps == 0 or self.step == self.until_step:
+                    out = {**out, "loss": float(out["loss"]), "grad_norm": float(out["grad_norm"])}  # waits
                     elapsed = time.perf_counter() - window_start
                     per_device = window_tokens / elapsed / self.dims.world_size
                     mfu = per_device * self.flops_per_token / self.peak_flops if self.peak_flops else None
