@@ -65,9 +65,21 @@ def ffn_fused(self, x):
     return self.w2(F.silu(gate) * up)
 
 
+def chunk_step_scatter(hidden, weight, targets, scale: float):
+    """The loss chunk step before: the −1 at the targets scattered in place into the fp32 softmax."""
+    logits = (hidden @ weight.t()).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    target_logits = logits.gather(1, targets[:, None]).squeeze(1)
+    grad_logits = torch.exp(logits - lse[:, None])
+    grad_logits.scatter_add_(1, targets[:, None], torch.full_like(target_logits[:, None], -1.0))
+    grad_logits = (grad_logits * scale).to(hidden.dtype)
+    return (lse - target_logits).sum(), grad_logits @ weight, grad_logits
+
+
 ORIGINAL = {
     "attn": llama.Attention.forward,
     "ffn": llama.FeedForward.forward,
+    "chunk_step": losses._chunk_step,
 }
 
 
@@ -78,6 +90,7 @@ def patch(opts: set[str]) -> None:
     else:
         llama.Attention.forward = ORIGINAL["attn"]
     llama.FeedForward.forward = ffn_fused if fuse else ORIGINAL["ffn"]
+    losses._chunk_step = chunk_step_scatter if "loss_scatter" in opts else ORIGINAL["chunk_step"]
 
 
 VARIANTS = {  # name: (attention backend, model patches, host sync every step, other knobs)
@@ -85,6 +98,8 @@ VARIANTS = {  # name: (attention backend, model patches, host sync every step, o
     "sync": ("auto", set(), True, {}),  # the trainer before: loss and grad norm read every step
     "fuse": ("auto", {"fuse"}, False, {}),  # wq/wk/wv and w1/w3 concatenated into single matmuls
     "gqa": ("auto", {"gqa"}, False, {}),  # SDPA's enable_gqa instead of repeat_kv
+    "loss_scatter": ("auto", {"loss_scatter"}, False, {}),  # the loss's chunk step before (in-place scatter)
+    "fp32_residual": ("auto", set(), False, {"fp32_residual": True}),  # autocast's fp32 residual stream
     "flash": ("flash", set(), False, {}),  # FlashAttention-2 instead of cuDNN (auto's choice on H100)
     "coord": ("auto", set(), False, {"coordinate_descent_tuning": True}),
     "chunk8k": ("auto", set(), False, {"chunk_tokens": 8192}),
@@ -153,6 +168,8 @@ def build(opts: set[str], knobs: dict):
     parallelize(model, None, torch.bfloat16, compile=True, compile_mode=knobs.get("compile_mode", "default"))
     model.to_empty(device="cuda")
     model.init_weights()
+    if knobs.get("fp32_residual"):  # the first block's input back in fp32, as plain autocast leaves it
+        model.layers["0"].register_forward_pre_hook(lambda module, args: (args[0].float(), *args[1:]))
     if not knobs.get("compiled_optimizer"):
         return model, build_optimizer(model, OptimizerConfig(), fused=True)
     optimizer = build_optimizer(model, OptimizerConfig(), fused=False)

@@ -194,6 +194,22 @@ def test_dtype_cast_guard() -> None:
         bad(tokens(1, 4))
 
 
+def test_residual_stream_in_autocast_dtype() -> None:
+    """Under autocast the blocks see bf16 hidden states, as under FSDP's bf16 parameters; fp32 otherwise."""
+    model = build(tiny_args())
+    seen: list[torch.dtype] = []
+    for layer in model.layers.values():
+        layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    with torch.no_grad():
+        model(tokens(1, 4))
+        assert seen == [torch.float32, torch.float32]
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(tokens(1, 4))
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert torch.isfinite(logits.float()).all()
+
+
 def test_layers_can_be_deleted_pipeline_style() -> None:
     model = build(tiny_args(n_layers=3))
     del model.layers["1"]

@@ -340,6 +340,12 @@ class Transformer(nn.Module):
                 "use model.bfloat16()/half() or mixed precision, which keep it complex64"
             )
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens  # [b, s, dim]
+        if torch.is_autocast_enabled(h.device.type):
+            # The residual stream in the compute dtype, as under FSDP's mixed precision (whose bf16
+            # embedding table yields bf16 hidden states), so one GPU computes what N GPUs compute; autocast
+            # alone would keep it fp32 (the embedding lookup is no autocast op), doubling the bytes of
+            # every residual add and norm (1.1% of a Llama-3.2-1B step on an H200).
+            h = h.to(torch.get_autocast_dtype(h.device.type))
         for layer in self.layers.values():
             h = layer(h, self.freqs_cis)  # [b, s, dim]
         h = self.norm(h) if self.norm is not None else h

@@ -14,25 +14,39 @@ import torch
 
 def _chunk_step(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float):
     """Loss sum of one chunk of tokens, the gradient of its hidden states and of its logits (both already
-    multiplied by `scale`)."""
+    multiplied by `scale`).
+
+    The logits' gradient (softmax − one-hot) · scale is one elementwise expression, written once in the
+    compute dtype: compiled, the logsumexp and it are a single kernel over the logits. (An in-place
+    scatter of the −1 at the targets splits that into an fp32 write plus a second pass to scale and cast:
+    1.3% of a Llama-3.2-1B step and 1 GiB of peak memory on an H200.)
+    """
     logits = (hidden @ weight.t()).float()  # [c, vocab]
     lse = torch.logsumexp(logits, dim=-1)  # [c]
     target_logits = logits.gather(1, targets[:, None]).squeeze(1)  # [c]
     loss_sum = (lse - target_logits).sum()
-    grad_logits = torch.exp(logits - lse[:, None])  # softmax, [c, vocab]
-    grad_logits.scatter_add_(1, targets[:, None], torch.full_like(target_logits[:, None], -1.0))
-    grad_logits = (grad_logits * scale).to(hidden.dtype)
+    vocab_ids = torch.arange(logits.shape[1], device=logits.device)
+    one_hot = (vocab_ids[None, :] == targets[:, None]).to(logits.dtype)
+    grad_logits = ((torch.exp(logits - lse[:, None]) - one_hot) * scale).to(hidden.dtype)
     return loss_sum, grad_logits @ weight, grad_logits  # loss, d hidden [c, d], d logits [c, vocab]
 
 
-def _add_weight_grad(grad_weight: torch.Tensor, grad_logits: torch.Tensor, hidden: torch.Tensor) -> None:
-    """grad_weight (fp32) += grad_logits.T @ hidden. On CUDA the GEMM accumulates into grad_weight in
-    fp32 itself (out_dtype), instead of writing a bf16 product that a separate pass adds (1.4% of a
-    Llama-3.2-1B step on an H100, and no bf16 rounding of each chunk's contribution)."""
+def _add_weight_grad(
+    grad_weight: torch.Tensor, grad_logits: torch.Tensor, hidden: torch.Tensor, first: bool
+) -> None:
+    """grad_weight (fp32) += grad_logits.T @ hidden; the first chunk overwrites (grad_weight may be
+    uninitialised). On CUDA the GEMM accumulates into grad_weight in fp32 itself (out_dtype), instead of
+    writing a bf16 product that a separate pass adds (1.4% of a Llama-3.2-1B step on an H100, and no
+    bf16 rounding of each chunk's contribution)."""
     if grad_weight.is_cuda and grad_logits.dtype != torch.float32:
-        torch.addmm(grad_weight, grad_logits.t(), hidden, out_dtype=torch.float32, out=grad_weight)
+        if first:
+            torch.mm(grad_logits.t(), hidden, out_dtype=torch.float32, out=grad_weight)
+        else:
+            torch.addmm(grad_weight, grad_logits.t(), hidden, out_dtype=torch.float32, out=grad_weight)
+    elif first:
+        grad_weight.copy_(grad_logits.t() @ hidden)
     else:
-        grad_weight += (grad_logits.t() @ hidden).float()
+        grad_weight += grad_logits.t() @ hidden
 
 
 _compiled_chunk_step = None
@@ -52,14 +66,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
             grad_hidden = torch.empty_like(h)
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            grad_weight = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for start in range(0, n, chunk_tokens):
                 chunk = slice(start, min(start + chunk_tokens, n))
                 loss_sum, grad_h, grad_logits = step(h[chunk], w, targets[chunk], 1.0 / n)
                 loss += loss_sum
                 grad_hidden[chunk] = grad_h
-                _add_weight_grad(grad_weight, grad_logits, h[chunk])
+                _add_weight_grad(grad_weight, grad_logits, h[chunk], first=start == 0)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return loss / n
