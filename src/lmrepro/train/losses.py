@@ -31,22 +31,14 @@ def _chunk_step(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     return loss_sum, grad_logits @ weight, grad_logits  # loss, d hidden [c, d], d logits [c, vocab]
 
 
-def _add_weight_grad(
-    grad_weight: torch.Tensor, grad_logits: torch.Tensor, hidden: torch.Tensor, first: bool
-) -> None:
-    """grad_weight (fp32) += grad_logits.T @ hidden; the first chunk overwrites (grad_weight may be
-    uninitialised). On CUDA the GEMM accumulates into grad_weight in fp32 itself (out_dtype), instead of
-    writing a bf16 product that a separate pass adds (1.4% of a Llama-3.2-1B step on an H100, and no
-    bf16 rounding of each chunk's contribution)."""
+def _add_weight_grad(grad_weight: torch.Tensor, grad_logits: torch.Tensor, hidden: torch.Tensor) -> None:
+    """grad_weight (fp32) += grad_logits.T @ hidden. On CUDA the GEMM accumulates into grad_weight in
+    fp32 itself (out_dtype), instead of writing a bf16 product that a separate pass adds (1.4% of a
+    Llama-3.2-1B step on an H100, and no bf16 rounding of each chunk's contribution)."""
     if grad_weight.is_cuda and grad_logits.dtype != torch.float32:
-        if first:
-            torch.mm(grad_logits.t(), hidden, out_dtype=torch.float32, out=grad_weight)
-        else:
-            torch.addmm(grad_weight, grad_logits.t(), hidden, out_dtype=torch.float32, out=grad_weight)
-    elif first:
-        grad_weight.copy_(grad_logits.t() @ hidden)
+        torch.addmm(grad_weight, grad_logits.t(), hidden, out_dtype=torch.float32, out=grad_weight)
     else:
-        grad_weight += grad_logits.t() @ hidden
+        grad_weight += (grad_logits.t() @ hidden).float()
 
 
 _compiled_chunk_step = None
@@ -66,14 +58,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
             grad_hidden = torch.empty_like(h)
-            grad_weight = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for start in range(0, n, chunk_tokens):
                 chunk = slice(start, min(start + chunk_tokens, n))
                 loss_sum, grad_h, grad_logits = step(h[chunk], w, targets[chunk], 1.0 / n)
                 loss += loss_sum
                 grad_hidden[chunk] = grad_h
-                _add_weight_grad(grad_weight, grad_logits, h[chunk], first=start == 0)
+                _add_weight_grad(grad_weight, grad_logits, h[chunk])
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return loss / n
