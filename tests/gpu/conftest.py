@@ -1,5 +1,5 @@
 import sys
 from pathlib import Path
 
-# The launch helpers live beside the integration tests.
+# The trainer-process helpers live beside the integration tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))

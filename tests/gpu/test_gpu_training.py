@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from launch import losses, setup_run, train
+from trainer_processes import losses, setup_run, train
 
 pytestmark = [
     pytest.mark.gpu,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import write_train_toml
-from launch import losses, setup_run, train
+from trainer_processes import losses, setup_run, train
 
 pytestmark = [
     pytest.mark.gpu,

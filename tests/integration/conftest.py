@@ -1,5 +1,5 @@
 import pytest
-from launch import setup_run, train
+from trainer_processes import setup_run, train
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import write_train_toml
-from launch import init_checkpoint, losses, train
+from trainer_processes import init_checkpoint, losses, train
 
 from lmrepro.checkpoint import dcp
 from lmrepro.data.loader import WindowLoader

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from helpers import write_train_toml
-from launch import TRAIN, losses, setup_run, train, trainer_env
+from trainer_processes import TRAIN, losses, setup_run, train, trainer_env
 
 from lmrepro.config import load_job_config
 from lmrepro.train.trainer import plan_layout

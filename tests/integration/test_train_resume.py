@@ -11,7 +11,16 @@ import time
 import pytest
 import torch
 from helpers import write_train_toml
-from launch import init_checkpoint, kill_tree, launch, losses, setup_run, train, wait_for_checkpoint, weights
+from trainer_processes import (
+    init_checkpoint,
+    kill_tree,
+    launch,
+    losses,
+    setup_run,
+    train,
+    wait_for_checkpoint,
+    weights,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ import argparse
 import json
 
 from lmrepro.checkpoint.convert import FORMATS, VOCAB_POLICIES, convert_to_dcp
-from lmrepro.cli import run_main
+from lmrepro.logs import run_main
 
 
 def main() -> None:

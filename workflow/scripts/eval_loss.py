@@ -2,8 +2,8 @@
 
 import argparse
 
-from lmrepro.cli import run_main
 from lmrepro.eval.results import evaluate_loss_task
+from lmrepro.logs import run_main
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 import argparse
 
 from lmrepro.checkpoint.export import export_checkpoint
-from lmrepro.cli import run_main
+from lmrepro.logs import run_main
 
 
 def main() -> None:

@@ -3,8 +3,8 @@
 import argparse
 import json
 
-from lmrepro.cli import run_main
 from lmrepro.data.tokenizer_import import import_tokenizer
+from lmrepro.logs import run_main
 
 
 def main() -> None:

@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from lmrepro.cli import run_main
 from lmrepro.config import load_job_config
+from lmrepro.logs import run_main
 from lmrepro.train.trainer import init_checkpoint
 
 

@@ -4,8 +4,8 @@ manifest.json. HF_TOKEN, HF_HUB_OFFLINE and HF_HUB_CACHE/HF_HOME come from the e
 import argparse
 import json
 
-from lmrepro.cli import run_main
 from lmrepro.data.sources import prepare_dataset
+from lmrepro.logs import run_main
 
 
 def main() -> None:

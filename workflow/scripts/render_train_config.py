@@ -5,10 +5,10 @@ import argparse
 import json
 from pathlib import Path
 
-from lmrepro.cli import run_main
 from lmrepro.config import dump_toml, render_job_config
 from lmrepro.data.tokenize import check_shards_match_tokenizer, split_files
 from lmrepro.data.tokenizer import load_tokenizer
+from lmrepro.logs import run_main
 from lmrepro.workflow import run_data_mode, run_datasets, run_fixed_values
 
 

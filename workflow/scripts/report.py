@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lmrepro.cli import run_main
+from lmrepro.logs import run_main
 from lmrepro.report.plots import write_report
 
 

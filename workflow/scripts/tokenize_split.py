@@ -5,8 +5,8 @@ Parallel over pieces of the input; restartable: finished shards wait in a work f
 
 import argparse
 
-from lmrepro.cli import run_main
 from lmrepro.data.tokenize import DEFAULT_PIECE_BYTES, split_files, tokenize_to_shards
+from lmrepro.logs import run_main
 
 
 def main() -> None:

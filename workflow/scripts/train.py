@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from lmrepro.cli import run_main
 from lmrepro.config import load_job_config
+from lmrepro.logs import run_main
 from lmrepro.train.trainer import run_segment
 
 

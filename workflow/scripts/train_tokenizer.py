@@ -2,9 +2,9 @@
 
 import argparse
 
-from lmrepro.cli import run_main
 from lmrepro.data.tokenize import split_files
 from lmrepro.data.tokenizer import load_tokenizer, train_bpe
+from lmrepro.logs import run_main
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ their sizes without any network access. Unset HF_HUB_OFFLINE (the Makefile sets 
 import argparse
 
 from lmrepro.checkpoint.export import upload_hf_folder
-from lmrepro.cli import run_main
+from lmrepro.logs import run_main
 
 
 def main() -> None:

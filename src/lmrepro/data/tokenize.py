@@ -196,7 +196,7 @@ _WORKER_TOKENIZER: TextTokenizer | None = None
 
 def _init_worker(tokenizer_dir: str) -> None:
     global _WORKER_TOKENIZER
-    from lmrepro.cli import setup_logging
+    from lmrepro.logs import setup_logging
 
     setup_logging()
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per process: num_proc is the core budget

@@ -1,4 +1,5 @@
-"""Shared plumbing for workflow/scripts: logging and turning user errors into one clear line."""
+"""Logging setup (importable by library code and worker processes) and `run_main`, which turns a user error
+into one clear line for the adapter scripts in workflow/scripts."""
 
 from __future__ import annotations
 
