@@ -1,5 +1,6 @@
 # lmrepro: LLM pretraining reproduced end to end. `snakemake --cores all all` runs the embedded default;
-# `snakemake --profile profiles/slurm all` runs on a cluster. See README.md and config/README.md.
+# `snakemake --profile profiles/slurm all` runs on a cluster; `--configfile config/experiments/<name>.yaml`
+# runs that experiment instead of the default. See README.md and config/README.md.
 import os
 import sys
 
@@ -13,13 +14,17 @@ shell.prefix(f'export PYTHONPATH="{_SRC}:$PYTHONPATH"; ')
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless --configfile names an experiment (config/experiments/): that file alone is
+# the config then, so only its runs are planned, run and reported (`--config key=value` still merges).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 
 
 include: "workflow/rules/common.smk"
@@ -34,4 +39,4 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        report_outputs(),
+        report_files(),

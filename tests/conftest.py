@@ -15,8 +15,9 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
     """Raw synthetic corpus, a 300-token BPE and train/heldout shards, made by the real code."""
+    from lmrepro.data.encode import tokenize_to_shards
+    from lmrepro.data.shards import INDEX_FILE
     from lmrepro.data.sources import prepare_dataset
-    from lmrepro.data.tokenize import tokenize_to_shards
     from lmrepro.data.tokenizer import train_bpe
 
     root = tmp_path_factory.mktemp("tiny_data")
@@ -35,8 +36,8 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
         "root": root,
         "raw": root / "raw",
         "tokenizer": root / "tokenizer",
-        "train_index": root / "train" / "index.json",
-        "heldout_index": root / "heldout" / "index.json",
+        "train_index": root / "train" / INDEX_FILE,
+        "heldout_index": root / "heldout" / INDEX_FILE,
     }
 
 

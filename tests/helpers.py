@@ -70,7 +70,7 @@ def write_train_toml(path: Path, run_dir: Path, train_index: Path, **sections) -
             "vocab_size": 300,
             "overrides": {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 128},
         },
-        "data": {"train_index": str(train_index), "seq_len": 32},
+        "data": {"sources": [{"name": "train", "weight": 1.0, "index": str(train_index)}], "seq_len": 32},
         "optimizer": {"lr": 0.003},
         "schedule": {"warmup_steps": 2},
         "training": {"steps": 12, "global_batch_tokens": 256},

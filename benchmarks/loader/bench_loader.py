@@ -172,7 +172,7 @@ def main() -> None:
         indexes = [write_source(Path(tmp) / f"s{k}", n, seed=k) for k, n in enumerate(sizes)]
         print(f"wrote {sum(sizes) / 1e6:.0f}M tokens in {time.perf_counter() - started:.1f} s")
         rss_start = rss_mib()
-        streams = [TokenStream(i) for i in indexes]
+        streams = [TokenStream(i.parent) for i in indexes]
         for seq_len, local_batch in [(2048, 8), (8192, 2)]:
             for label, kw in [
                 ("one source", {"streams": streams[:1]}),

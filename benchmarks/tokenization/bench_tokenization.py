@@ -28,9 +28,9 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from lmrepro.data.encode import tokenize_to_shards
 from lmrepro.data.readers import iter_texts
 from lmrepro.data.synthetic import generate_corpus
-from lmrepro.data.tokenize import tokenize_to_shards
 from lmrepro.data.tokenizer import load_tokenizer, train_bpe
 from lmrepro.data.tokenizer_import import import_tokenizer
 

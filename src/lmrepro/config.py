@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +41,7 @@ class SourceConfig:
     weight: float = 1.0
     """Token fraction of this source (any scale >= 0; normalised over the sources, their sum must be > 0)."""
     index: str = ""
-    """shards mode: index.json of the source's token shards."""
+    """shards mode: the index file of the source's token shards."""
     files: list[str] = field(default_factory=list)
     """streaming mode: JSONL (.jsonl/.json, optionally .gz/.zst) or Parquet files."""
     text_key: str = "text"
@@ -62,8 +64,6 @@ class StreamingConfig:
 
 @dataclass
 class DataConfig:
-    train_index: str = ""
-    """index.json of the training token shards (a single source; data.sources for a mixture)."""
     seq_len: int = 128
     """Tokens per training sequence (the model sees seq_len inputs and predicts seq_len targets)."""
     seed: int = 0
@@ -71,7 +71,7 @@ class DataConfig:
     mode: Literal["shards", "streaming"] = "shards"
     """shards: pre-tokenized token shards; streaming: raw files read with `datasets`, tokenized on the fly."""
     sources: list[SourceConfig] = field(default_factory=list)
-    """The datasets of a mixture (or of a streaming run), with their token fractions."""
+    """The training datasets, named, with their token fractions (one source for a single dataset)."""
     prefetch_batches: int = 2
     """Batches a background thread prepares ahead of the training step; 0 reads in the training thread."""
     pin_memory: bool = True
@@ -268,21 +268,17 @@ def validate(job: JobConfig) -> None:
 
 
 def _validate_data(data: DataConfig, global_batch_sequences: int) -> None:
-    """The data section: one way to name the sources, valid mixture weights, the mode's inputs."""
-    from lmrepro.data.mixture import check_weights
-
+    """The data section: named sources, valid mixture weights, the mode's inputs."""
     if data.prefetch_batches < 0:
         raise ValueError(f"data.prefetch_batches must be >= 0, got {data.prefetch_batches}")
     if data.streaming.shuffle_buffer_documents < 1:
         buffer = data.streaming.shuffle_buffer_documents
         raise ValueError(f"data.streaming.shuffle_buffer_documents must be >= 1, got {buffer}")
     check_streams(data.streaming.streams, global_batch_sequences)
-    if data.sources and data.train_index:
-        raise ValueError("data.train_index and data.sources are both set; set one (sources for a mixture)")
     names = [s.name for s in data.sources]
     if not all(names) or len(set(names)) != len(names):
         raise ValueError(f"data.sources[].name must be distinct and non-empty, got {names}")
-    if data.sources:
+    if data.sources:  # empty in a preset: the workflow fills in the run's datasets
         check_weights({s.name: s.weight for s in data.sources}, "data.sources")
     needed = "files" if data.mode == "streaming" else "index"
     if data.mode == "streaming" and not data.sources:
@@ -290,6 +286,24 @@ def _validate_data(data: DataConfig, global_batch_sequences: int) -> None:
     for i, source in enumerate(data.sources):
         if not getattr(source, needed):
             raise ValueError(f"data.sources[{i}] ({source.name}): data.mode = {data.mode!r} needs {needed}")
+
+
+def check_weights(weights: Mapping[str, float], where: str) -> dict[str, float]:
+    """Validate mixture weights (token fractions, any positive scale); return them normalised to sum 1.
+
+    `where` names the config location in errors, e.g. "runs.mix.mixture" or "data.sources".
+    """
+    if not weights:
+        raise ValueError(f"{where}: a mixture needs at least one dataset")
+    for name, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ValueError(f"{where}.{name}: weight {weight!r} is not a number")
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"{where}.{name}: weight {weight} must be a finite number >= 0")
+    total = float(sum(weights.values()))
+    if total <= 0:
+        raise ValueError(f"{where}: the weights of {sorted(weights)} sum to {total}; one must be > 0")
+    return {name: float(weight) / total for name, weight in weights.items()}
 
 
 def check_streams(

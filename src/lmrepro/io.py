@@ -48,12 +48,12 @@ def move_into_place(tmp: str | Path, out_dir: str | Path) -> None:
     os.replace(tmp, out_dir)
 
 
-def write_json(path: str | Path, record: object, *, indent: int | None = 2) -> None:
+def write_json(path: str | Path, record: object, *, indent: int | None = 2, sort_keys: bool = False) -> None:
     """Write JSON atomically (a partial sibling, then rename), creating the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
-    tmp.write_text(json.dumps(record, indent=indent) + "\n")
+    tmp.write_text(json.dumps(record, indent=indent, sort_keys=sort_keys) + "\n")
     os.replace(tmp, path)
 
 

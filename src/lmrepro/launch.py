@@ -5,8 +5,8 @@ One node (local runs, single-node jobs):
     python workflow/scripts/launch_train.py --nproc-per-node 2 --threads 4 -- workflow/scripts/train.py ...
 
 runs `torchrun --standalone`. Several nodes: Slurm starts this launcher once per node in one job step
-(`srun --nodes=N --ntasks=N --ntasks-per-node=1 ... launch_train.py --nnodes N ...`, built by `train_launcher`
-in workflow/rules/common.smk), and each copy runs torchrun with c10d rendezvous on the step's first node,
+(`srun --nodes=N --ntasks=N --ntasks-per-node=1 ... launch_train.py --nnodes N ...`, built by
+`lmrepro.slurm.launch_prefix`), and each copy runs torchrun with c10d rendezvous on the step's first node,
 whose address comes from `scontrol show hostnames` and `scontrol show node ... NodeAddr`.
 
 Signals. Slurm sends its wall-time warning (`sbatch --signal=URG@600`) to every process of every job step,
@@ -35,10 +35,11 @@ import sys
 import time
 from pathlib import Path
 
+from lmrepro.slurm import SlurmError, first_hostname, node_addr
+
 WARNING_SIGNALS = (signal.SIGURG, signal.SIGUSR1)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 SOCKET_VARIABLES = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
-SCONTROL_TIMEOUT_S = 60
 
 
 JOURNAL: Path | None = None  # --journal: these messages also go there, kept across retries
@@ -88,27 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def scontrol(*args: str) -> str:
-    command = shlex.join(["scontrol", *args])
-    try:
-        result = subprocess.run(
-            ["scontrol", *args], capture_output=True, text=True, timeout=SCONTROL_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LaunchError(f"{command} failed: {exc}") from exc
-    if result.returncode:
-        raise LaunchError(f"{command} failed: {result.stderr.strip()}")
-    return result.stdout
-
-
-def node_address(node: str) -> str:
-    """The address Slurm reaches `node` at (NodeAddr; on most clusters the hostname itself)."""
-    for field in scontrol("show", "node", "--oneliner", node).split():
-        if field.startswith("NodeAddr="):
-            return field.removeprefix("NodeAddr=")
-    raise LaunchError(f"scontrol show node {node}: no NodeAddr")
-
-
 def slurm_step() -> dict[str, str]:
     """This task's place in its Slurm job step."""
     env = os.environ
@@ -137,8 +117,8 @@ def rendezvous(nnodes: int, step: dict[str, str]) -> tuple[str, str]:
     port = os.environ.get("LMREPRO_RDZV_PORT") or str(20000 + int(step["job_id"]) % 10000)
     if os.environ.get("LMREPRO_RDZV_HOST"):
         return f"{os.environ['LMREPRO_RDZV_HOST']}:{port}", "LMREPRO_RDZV_HOST"
-    head = scontrol("show", "hostnames", step["nodelist"]).split()[0]
-    return f"{node_address(head)}:{port}", f"head node {head}"
+    head = first_hostname(step["nodelist"])
+    return f"{node_addr(head)}:{port}", f"head node {head}"
 
 
 def torchrun_command(args: argparse.Namespace) -> tuple[list[str], str]:
@@ -262,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cmd, summary = torchrun_command(args)
         check_gpus(args.nproc_per_node)
-    except LaunchError as exc:
+    except (LaunchError, SlurmError) as exc:
         log(f"error: {exc}")
         return 2
     os.environ["OMP_NUM_THREADS"] = str(max(1, args.threads // args.nproc_per_node))

@@ -1,14 +1,16 @@
-"""Checks and helpers the Snakefile runs at parse time, so bad config stops before any job starts."""
+"""The workflow's side of lmrepro: the parse-time config checks (bad config stops before any job starts),
+segment boundaries, and the one home of result paths under results/."""
 
 from __future__ import annotations
 
-import glob
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from lmrepro.config import render_job_config
-from lmrepro.data.mixture import check_weights
+from lmrepro.config import check_weights, render_job_config
+from lmrepro.data.shards import INDEX_FILE
+from lmrepro.data.sources import local_input_paths
 
 
 def segment_boundaries(steps: int, segment_steps: int) -> list[int]:
@@ -19,21 +21,23 @@ def segment_boundaries(steps: int, segment_steps: int) -> list[int]:
     return ends + [steps]
 
 
+def eval_steps(spec: dict) -> list[int]:
+    """Checkpoints of a run that are exported and evaluated: step 0 and every segment end."""
+    return [0, *segment_boundaries(spec["steps"], spec["segment_steps"])]
+
+
+def previous_segment_end(run: str, spec: dict, step: int) -> int:
+    """The step a segment ending at `step` starts from (0 for the first)."""
+    boundaries = segment_boundaries(spec["steps"], spec["segment_steps"])
+    if step not in boundaries:
+        raise ValueError(f"runs.{run}: step {step} is not a segment end; valid steps: {boundaries}")
+    index = boundaries.index(step)
+    return boundaries[index - 1] if index else 0
+
+
 def _require(mapping: dict, name: str, where: str, what: str) -> None:
     if name not in mapping:
         raise ValueError(f"{where} = {name!r} is not a configured {what}; valid: {sorted(mapping)}")
-
-
-def _check_local_paths(root: Path, patterns: list[str], where: str) -> None:
-    """Local data: each path must exist and each glob match a file (`!glob` excludes, unchecked)."""
-    for pattern in patterns:
-        if pattern.startswith("!"):
-            continue
-        if any(c in pattern for c in "*?["):
-            if not any((root / m).is_file() for m in glob.glob(pattern, root_dir=root, recursive=True)):
-                raise FileNotFoundError(f"{where}: pattern {pattern} matches no file")
-        elif not (root / pattern).exists():
-            raise FileNotFoundError(f"{where}: file {pattern} does not exist")
 
 
 def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
@@ -42,10 +46,7 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
     datasets, tokenizers = config["datasets"], config["tokenizers"]
     evals = config.get("evals", {})
     for name, spec in datasets.items():
-        for split, value in spec.get("files", {}).items():
-            _check_local_paths(
-                root, [value] if isinstance(value, str) else value, f"datasets.{name}.files.{split}"
-            )
+        local_input_paths(spec, root, name=name)  # every local pattern finds a file
     for name, spec in tokenizers.items():
         if spec["kind"] == "bpe":
             _require(datasets, spec["dataset"], f"tokenizers.{name}.dataset", "dataset")
@@ -93,32 +94,28 @@ def run_fixed_values(
     run: str,
     spec: dict,
     vocab_size: int = 1 << 16,
-    train_index: str | None = None,
     *,
     data: dict[str, dict] | None = None,
     root: str | Path = ".",
 ) -> dict:
     """Trainer keys the workflow sets itself from config.yaml and the produced files.
 
-    A single dataset in shards mode sets data.train_index (train_index, else its conventional path); a
-    mixture or streaming mode sets data.sources, one table per dataset with its weight and `data[name]`
-    ({"index": …} or {"files": […], "text_key": …}, from the render step; conventional paths stand in at
-    parse time).
+    data.sources: one table per training dataset, named as in config.yaml, with its weight and `data[name]`
+    ({"index": …} in shards mode, {"files": […], "text_key": …} in streaming mode; from the render step,
+    conventional paths stand in at parse time).
     """
     mode = run_data_mode(spec, root)
     datasets = run_datasets(spec)
     if data is None:
         data = {name: _conventional_source(name, spec["tokenizer"], mode) for name in datasets}
-    if mode == "shards" and "mixture" not in spec:
-        (name,) = datasets
-        fixed_data = {"train_index": data[name]["index"] if train_index is None else train_index}
-    else:
-        fixed_data = {"sources": [{"name": n, "weight": w, **data[n]} for n, w in datasets.items()]}
-        if mode == "streaming":
-            fixed_data["streaming"] = {"tokenizer": tokenizer_dir(spec["tokenizer"])}
+    fixed_data: dict[str, Any] = {
+        "sources": [{"name": n, "weight": w, **data[n]} for n, w in datasets.items()]
+    }
+    if mode == "streaming":
+        fixed_data["streaming"] = {"tokenizer": tokenizer_dir(spec["tokenizer"])}
     return {
         "run": run,
-        "run_dir": f"results/runs/{run}",
+        "run_dir": run_dir(run),
         "model": {"vocab_size": vocab_size},
         "data": fixed_data,
         "training": {"steps": spec["steps"]},
@@ -174,22 +171,79 @@ def run_datasets(spec: dict) -> dict[str, float]:
     return {spec["dataset"]: 1.0}
 
 
+# ----------------------------------------------------------------------------------- result paths
+# The one home of the workflow's result paths (the rules' output: patterns spell the same layout).
+
+RESULTS = "results"
+
+
 def raw_dir(dataset: str) -> str:
-    return f"results/data/{dataset}/raw"
+    return f"{RESULTS}/data/{dataset}/raw"
+
+
+def shards_dir(dataset: str, tokenizer: str, split: str) -> str:
+    return f"{RESULTS}/data/{dataset}/{tokenizer}/{split}"
 
 
 def train_shards_dir(dataset: str, tokenizer: str) -> str:
-    return f"results/data/{dataset}/{tokenizer}/train"
+    return shards_dir(dataset, tokenizer, "train")
 
 
 def tokenizer_dir(tokenizer: str) -> str:
-    return f"results/tokenizers/{tokenizer}"
+    return f"{RESULTS}/tokenizers/{tokenizer}"
+
+
+def tokenizer_file(tokenizer: str) -> str:
+    return f"{tokenizer_dir(tokenizer)}/tokenizer.json"
+
+
+def base_dcp_dir(base: str) -> str:
+    return f"{RESULTS}/init/{base}/dcp"
+
+
+def run_dir(run: str) -> str:
+    return f"{RESULTS}/runs/{run}"
+
+
+def checkpoint_dir(run: str, step: int | str) -> str:
+    return f"{run_dir(run)}/checkpoints/step-{step}"
+
+
+def export_dir(run: str, step: int | str) -> str:
+    return f"{run_dir(run)}/export/step-{step}"
+
+
+def eval_result(run: str, step: int | str, task: str) -> str:
+    return f"{run_dir(run)}/eval/step-{step}/{task}.json"
+
+
+def launch_journal(run: str) -> str:
+    """The launchers' journal, kept across retries (Snakemake deletes a job's log before a retry)."""
+    return f"{run_dir(run)}/state/launch.log"
+
+
+def report_dir() -> str:
+    return f"{RESULTS}/report"
+
+
+REPORT_PLOTS = ("loss", "learning_rate", "throughput", "eval_accuracy")
+
+
+def report_files() -> list[str]:
+    """The report's declared outputs: summary.csv and one PNG per plot (an SVG beside each)."""
+    return [f"{report_dir()}/summary.csv", *(f"{report_dir()}/{name}.png" for name in REPORT_PLOTS)]
+
+
+def names_of_kind(specs: dict[str, dict], *kinds: str) -> str:
+    """A wildcard constraint matching the names whose `kind` is one of `kinds` (none: matches nothing)."""
+    names = [name for name, spec in specs.items() if spec["kind"] in kinds]
+    return "|".join(re.escape(name) for name in names) if names else "(?!x)x"
 
 
 def _conventional_source(dataset: str, tokenizer: str, mode: str) -> dict:
     if mode == "streaming":
         return {"files": [raw_dir(dataset)]}
-    return {"index": f"{train_shards_dir(dataset, tokenizer)}/index.json"}
+    return {"index": f"{train_shards_dir(dataset, tokenizer)}/{INDEX_FILE}"}
 
 
 def run_data_mode(spec: dict, root: str | Path = ".") -> str:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmrepro.train import losses
+from lmrepro.model import losses
 
 pytestmark = [
     pytest.mark.gpu,

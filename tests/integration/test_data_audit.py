@@ -44,10 +44,10 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> list[TokenStream]:
             name = f"shard-{i:05d}.bin"
             digest = write_shard(folder / name, part, vocab_size=4 * BASE, num_documents=1)
             entries.append({"file": name, "num_tokens": int(part.size), "num_documents": 1, "sha256": digest})
-        index = write_index(
+        write_index(
             folder, entries, vocab_size=4 * BASE, bos_id=None, eos_id=0, tokenizer_sha256="0" * 64, source={}
         )
-        streams.append(TokenStream(index))
+        streams.append(TokenStream(folder))
     return streams
 
 
@@ -240,7 +240,6 @@ def _streaming_config(tmp_path: Path, documents: dict, name: str, tiny_data) -> 
     run_dir = tmp_path / name
     run_dir.mkdir()
     data = {
-        "train_index": "",
         "mode": "streaming",
         "sources": [
             {"name": s.name, "weight": s.weight, "files": list(s.files), "text_key": s.text_key}
@@ -265,7 +264,8 @@ def test_trainer_streaming_segments_resume_exactly(tmp_path: Path, documents: di
     config, step0 = _streaming_config(tmp_path, documents, "seg", tiny_data)
     middle = tmp_path / "seg" / "checkpoints" / "step-6"
     train(config, step0, middle, 6, nproc=2)
-    assert dcp.read_meta(middle)["data"] == {"samples_consumed": 48, "seed": 0, "seq_len": 32, "streams": 2}
+    expected = {"samples_consumed": 48, "seed": 0, "seq_len": 32, "streams": 2}
+    assert dcp.read_checkpoint_info(middle)["data"] == expected
     final = tmp_path / "seg" / "checkpoints" / "step-12"
     train(config, middle, final, 12, nproc=2)
     ref, got = losses(reference), losses(final)

@@ -146,7 +146,7 @@ def losses(checkpoint: Path) -> dict[int, float]:
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    from lmrepro.checkpoint.export import load_model
+    from lmrepro.checkpoint.dcp import load_model
 
     model, _ = load_model(checkpoint)
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}

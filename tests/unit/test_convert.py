@@ -22,8 +22,8 @@ from tiny_llama import ATOL, CASES, random_tokens, tiny_args
 
 from lmrepro.checkpoint import convert
 from lmrepro.checkpoint.convert import CONVERSION, convert_to_dcp
-from lmrepro.checkpoint.dcp import is_complete, read_meta
-from lmrepro.checkpoint.export import dcp_to_hf, export_checkpoint, load_model, upload_hf_folder
+from lmrepro.checkpoint.dcp import is_complete, load_model, read_checkpoint_info
+from lmrepro.checkpoint.export import dcp_to_hf, export_checkpoint, upload_hf_folder
 from lmrepro.checkpoint.hf import from_hf_state_dict
 from lmrepro.checkpoint.init_base import INIT_RECORD
 from lmrepro.config import load_job_config
@@ -192,6 +192,26 @@ def test_run_from_converted_base_starts_with_the_base_weights(tmp_path: Path, ru
     assert record["random_init"] == {} and record["reshaped"] == {}
 
 
+def test_export_script_exports_a_converted_base(tmp_path: Path, tiny_data) -> None:
+    """A converted base (no step, no tokens seen in its meta.json) exports like a run's checkpoint."""
+    make_hf_model(base_args(), tmp_path / "src")
+    convert_to_dcp("hf", tmp_path / "src", tmp_path / "dcp")
+    run = subprocess.run(
+        [sys.executable, REPO / "workflow" / "scripts" / "export_checkpoint.py", "--checkpoint",
+         tmp_path / "dcp", "--tokenizer", tiny_data["tokenizer"], "--out", tmp_path / "out"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "out"
+    assert (out / "consolidated.pth").is_file() and (out / "params.json").is_file()
+    assert (out / "hf" / "config.json").is_file()
+    info = json.loads((out / "export.json").read_text())
+    assert info["step"] is None and info["tokens_seen"] is None and info["run"] is None
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    toks = torch.randint(0, 300, (1, 16))
+    assert max_diff(load_model(tmp_path / "dcp")[0], hf, toks) < 1e-4
+
+
 @pytest.mark.parametrize("vocab", ["drop", "resize"])
 def test_vocab_drop_and_resize(vocab: str, tmp_path: Path, run_config: Path) -> None:
     make_hf_model(base_args(vocab_size=280), tmp_path / "src")
@@ -356,7 +376,7 @@ def test_scripts_convert_and_dry_run_upload(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert read_meta(tmp_path / "dcp")["vocab"] == "drop"
+    assert read_checkpoint_info(tmp_path / "dcp")["vocab"] == "drop"
     bad = subprocess.run(
         [sys.executable, script / "upload_hf.py", tmp_path / "dcp", "me/x", "--dry-run"],
         capture_output=True, text=True, env=env, check=False,

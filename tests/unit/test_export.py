@@ -8,7 +8,8 @@ import pytest
 import torch
 from helpers import write_train_toml
 
-from lmrepro.checkpoint.export import export_checkpoint, load_model
+from lmrepro.checkpoint.dcp import load_model
+from lmrepro.checkpoint.export import export_checkpoint
 from lmrepro.config import load_job_config
 from lmrepro.model.flavors import args_from_params_json
 from lmrepro.model.llama import Transformer

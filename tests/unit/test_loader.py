@@ -36,7 +36,7 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> TokenStream:
     folder = tmp_path_factory.mktemp("shards")
     # Three shards whose boundaries do not fall on window boundaries.
     index = write_stream(folder, np.arange(NUM_TOKENS) % VOCAB, cuts=[3_333, 6_001])
-    return TokenStream(index)
+    return TokenStream(index.parent)
 
 
 def loader(stream: TokenStream, **kw) -> WindowLoader:
@@ -108,7 +108,7 @@ def test_epoch_boundary_inside_a_batch(stream: TokenStream) -> None:
 
 def test_first_epoch_read_through_next_batch_covers_the_stream(tmp_path: Path) -> None:
     index = write_stream(tmp_path, np.arange(161) % VOCAB, cuts=[50, 120])  # 10 windows of 16 + 1
-    ld = WindowLoader(TokenStream(index), seq_len=SEQ_LEN, global_batch_sequences=5, seed=3)
+    ld = WindowLoader(TokenStream(index.parent), seq_len=SEQ_LEN, global_batch_sequences=5, seed=3)
     inputs = torch.cat([ld.next_batch()[0], ld.next_batch()[0]])
     firsts = sorted(int(x) for x in inputs[:, 0])
     assert firsts == [w * SEQ_LEN for w in range(10)]
@@ -218,12 +218,12 @@ def test_global_batch_must_split_over_ranks(stream: TokenStream) -> None:
 def test_stream_too_short_for_one_window(tmp_path: Path) -> None:
     index = write_stream(tmp_path / "short", np.arange(SEQ_LEN), cuts=[])
     with pytest.raises(ValueError) as e:
-        WindowLoader(TokenStream(index), seq_len=SEQ_LEN, global_batch_sequences=1)
+        WindowLoader(TokenStream(index.parent), seq_len=SEQ_LEN, global_batch_sequences=1)
     assert str(index) in str(e.value)
     assert f"{SEQ_LEN} tokens are too few for one window of {SEQ_LEN + 1} tokens" in str(e.value)
     # One more token is exactly one window.
     index = write_stream(tmp_path / "exact", np.arange(SEQ_LEN + 1), cuts=[])
-    ld = WindowLoader(TokenStream(index), seq_len=SEQ_LEN, global_batch_sequences=2)
+    ld = WindowLoader(TokenStream(index.parent), seq_len=SEQ_LEN, global_batch_sequences=2)
     assert ld.num_windows == 1
     x, y = ld.next_batch()  # both samples are the single window (two epochs of one window)
     assert torch.equal(x, torch.arange(SEQ_LEN).repeat(2, 1))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmrepro.train.losses import linear_cross_entropy
+from lmrepro.model.losses import linear_cross_entropy
 
 
 @pytest.mark.parametrize("chunk_tokens", [7, 32, 1000])  # not dividing, dividing, one chunk

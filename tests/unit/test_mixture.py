@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from lmrepro.config import DataConfig, JobConfig, SourceConfig, from_dict, validate
+from lmrepro.config import DataConfig, JobConfig, SourceConfig, check_weights, from_dict, validate
 from lmrepro.data.loader import WindowLoader, build_loader
-from lmrepro.data.mixture import MAX_SAMPLES, MixtureSchedule, check_weights
+from lmrepro.data.mixture import MAX_SAMPLES, MixtureSchedule
 from lmrepro.data.shards import TokenStream, write_index, write_shard
 from lmrepro.workflow import check_config, run_data_mode, run_fixed_values
 
@@ -39,7 +39,7 @@ def write_source(folder: Path, source: int, num_tokens: int) -> Path:
 def streams(tmp_path_factory: pytest.TempPathFactory) -> list[TokenStream]:
     root = tmp_path_factory.mktemp("mixture")
     sizes = [400_000, 60_000, 9_000]  # the small sources repeat many epochs over 1M tokens
-    return [TokenStream(write_source(root / f"s{k}", k, n)) for k, n in enumerate(sizes)]
+    return [TokenStream(write_source(root / f"s{k}", k, n).parent) for k, n in enumerate(sizes)]
 
 
 # ----------------------------------------------------------------------------------------- weights
@@ -206,10 +206,9 @@ def test_data_sources_from_toml_are_strict() -> None:
     [
         ({"sources": [{"name": "a", "index": "i", "weight": -2}]}, r"data\.sources\.a: weight -2\.0 must be"),
         ({"sources": [{"name": "a", "index": "i", "weight": 0}]}, r"sum to 0\.0"),
-        ({"train_index": "t", "sources": [{"name": "a", "index": "i"}]}, "both set"),
         ({"sources": [{"name": "a", "index": "i"}, {"name": "a", "index": "j"}]}, "distinct"),
         ({"sources": [{"name": "a", "files": ["x.jsonl"]}]}, r"data\.sources\[0\] \(a\): .* needs index"),
-        ({"mode": "streaming", "train_index": "t"}, "data.sources is empty"),
+        ({"mode": "streaming"}, "data.sources is empty"),
         ({"prefetch_batches": -1}, r"data\.prefetch_batches must be >= 0"),
     ],
 )
@@ -225,9 +224,9 @@ def test_build_loader_from_config(streams: list[TokenStream]) -> None:
     cfg = DataConfig(seq_len=32, seed=1, sources=sources, prefetch_batches=0)
     ld = build_loader(cfg, global_batch_sequences=8, dp_rank=0, dp_size=1, vocab_size=4 * SOURCE_BASE)
     assert ld.names == ["s0", "s1", "s2"] and ld.schedule.fractions == [0.5, 0.25, 0.25]
-    single = DataConfig(seq_len=32, train_index=str(streams[0].index_path))
+    single = DataConfig(seq_len=32, sources=[SourceConfig("web", 1.0, str(streams[0].index_path))])
     ld = build_loader(single, global_batch_sequences=8, dp_rank=0, dp_size=1, vocab_size=4 * SOURCE_BASE)
-    assert ld.names == ["train"] and ld.prefetch_batches == 2
+    assert ld.names == ["web"] and ld.prefetch_batches == 2 and ld.metrics() == {}
     ld.next_batch()
     ld.close()
     with pytest.raises(ValueError, match=r"shards have vocab_size 40000000 but the model has"):
@@ -263,7 +262,15 @@ def test_mixture_run_passes_and_renders_sources(experiment: tuple[dict, Path]) -
         ]
     }
     single = run_fixed_values("tiny", cfg["runs"]["tiny"], vocab_size=512, root=root)
-    assert single["data"] == {"train_index": "results/data/synthetic/synthetic-bpe/train/index.json"}
+    assert single["data"] == {
+        "sources": [
+            {
+                "name": "synthetic",
+                "weight": 1.0,
+                "index": "results/data/synthetic/synthetic-bpe/train/index.json",
+            }
+        ]
+    }
 
 
 def test_streaming_run_renders_files_and_tokenizer(experiment: tuple[dict, Path]) -> None:

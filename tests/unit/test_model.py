@@ -210,16 +210,6 @@ def test_residual_stream_in_autocast_dtype() -> None:
     assert torch.isfinite(logits.float()).all()
 
 
-def test_layers_can_be_deleted_pipeline_style() -> None:
-    model = build(tiny_args(n_layers=3))
-    del model.layers["1"]
-    model.output = None
-    with torch.no_grad():
-        h = model(tokens(2, 8))
-    assert h.shape == (2, 8, 32)
-    assert sorted(model.layers.keys()) == ["0", "2"]
-
-
 def test_num_params_and_flops() -> None:
     args = tiny_args()
     model = build(args)

@@ -1,4 +1,4 @@
-"""Unit tests for lmrepro.data.shards: the binary shard format, index.json and TokenStream."""
+"""Unit tests for lmrepro.data.shards: the binary shard format, the index file and TokenStream."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from lmrepro.data.shards import (
     FORMAT_VERSION,
     HEADER_BYTES,
+    INDEX_FILE,
     INDEX_FORMAT,
     MAGIC,
     TokenStream,
@@ -28,7 +29,7 @@ VOCAB = 1000
 
 
 def make_stream_folder(folder: Path, sizes: list[int], vocab_size: int = VOCAB, seed: int = 0) -> np.ndarray:
-    """Write one shard per size plus index.json; return the concatenated tokens."""
+    """Write one shard per size plus the index file; return the concatenated tokens."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     entries, parts = [], []
@@ -134,7 +135,7 @@ def test_no_temp_files_left_after_write(tmp_path: Path) -> None:
     make_stream_folder(tmp_path / "folder", [5, 6])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "folder"]
     assert sorted(p.name for p in (tmp_path / "folder").iterdir()) == [
-        "index.json",
+        INDEX_FILE,
         "shard-00000.bin",
         "shard-00001.bin",
     ]
@@ -229,7 +230,7 @@ def test_truncated_inside_header_says_truncated(tmp_path: Path) -> None:
 
 def test_write_and_read_index(tmp_path: Path) -> None:
     tokens = make_stream_folder(tmp_path, [10, 20, 30])
-    index = read_index(tmp_path / "index.json")
+    index = read_index(tmp_path / INDEX_FILE)
     assert index["format"] == INDEX_FORMAT
     assert index["version"] == FORMAT_VERSION
     assert index["dtype"] == "uint16"
@@ -240,12 +241,12 @@ def test_write_and_read_index(tmp_path: Path) -> None:
     assert [s["file"] for s in index["shards"]] == ["shard-00000.bin", "shard-00001.bin", "shard-00002.bin"]
     assert index["source"] == {"files": ["train.jsonl"]}
     # It is plain JSON on disk.
-    assert json.loads((tmp_path / "index.json").read_text()) == index
+    assert json.loads((tmp_path / INDEX_FILE).read_text()) == index
 
 
 def test_read_index_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="index.json"):
-        read_index(tmp_path / "index.json")
+        read_index(tmp_path / INDEX_FILE)
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"format": "something-else", "shards": []}))
     with pytest.raises(ValueError, match="not an lmrepro shard index"):
@@ -257,7 +258,7 @@ def test_read_index_errors(tmp_path: Path) -> None:
 
 def test_token_stream_windows_across_shard_boundaries(tmp_path: Path) -> None:
     tokens = make_stream_folder(tmp_path, [7, 13, 5])
-    stream = TokenStream(tmp_path / "index.json")
+    stream = TokenStream(tmp_path)
     assert len(stream) == 25
     assert (stream.vocab_size, stream.bos_id, stream.eos_id) == (VOCAB, 1, 2)
     for start in range(25):
@@ -269,7 +270,7 @@ def test_token_stream_windows_across_shard_boundaries(tmp_path: Path) -> None:
 
 def test_token_stream_whole_stream_and_edges(tmp_path: Path) -> None:
     tokens = make_stream_folder(tmp_path, [100, 1, 50])
-    stream = TokenStream(tmp_path / "index.json", verify_checksums=True)
+    stream = TokenStream(tmp_path, verify_checksums=True)
     np.testing.assert_array_equal(stream.window(0, 151), tokens)
     np.testing.assert_array_equal(stream.window(99, 3), tokens[99:102])  # spans the 1-token shard
     np.testing.assert_array_equal(stream.window(100, 1), tokens[100:101])
@@ -277,7 +278,7 @@ def test_token_stream_whole_stream_and_edges(tmp_path: Path) -> None:
 
 def test_token_stream_with_an_empty_shard_in_the_middle(tmp_path: Path) -> None:
     tokens = make_stream_folder(tmp_path, [4, 0, 6])
-    stream = TokenStream(tmp_path / "index.json")
+    stream = TokenStream(tmp_path)
     np.testing.assert_array_equal(stream.window(2, 6), tokens[2:8])
     np.testing.assert_array_equal(stream.window(4, 6), tokens[4:10])
 
@@ -285,13 +286,13 @@ def test_token_stream_with_an_empty_shard_in_the_middle(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("start", "length"), [(-1, 2), (24, 2), (0, 26), (30, 1)])
 def test_out_of_range_window(tmp_path: Path, start: int, length: int) -> None:
     make_stream_folder(tmp_path, [7, 13, 5])
-    stream = TokenStream(tmp_path / "index.json")
+    stream = TokenStream(tmp_path)
     with pytest.raises(IndexError, match="outside stream of 25 tokens"):
         stream.window(start, length)
 
 
 def _edit_index(folder: Path, edit) -> None:
-    path = folder / "index.json"
+    path = folder / INDEX_FILE
     index = json.loads(path.read_text())
     edit(index)
     path.write_text(json.dumps(index))
@@ -301,7 +302,7 @@ def test_index_vocab_disagrees_with_header(tmp_path: Path) -> None:
     make_stream_folder(tmp_path, [7, 13])
     _edit_index(tmp_path, lambda ix: ix.update(vocab_size=VOCAB + 1))
     with pytest.raises(ValueError) as e:
-        TokenStream(tmp_path / "index.json")
+        TokenStream(tmp_path)
     assert "shard-00000.bin" in str(e.value)
     assert "disagrees" in str(e.value)
 
@@ -310,14 +311,14 @@ def test_index_token_count_disagrees_with_header(tmp_path: Path) -> None:
     make_stream_folder(tmp_path, [7, 13])
     _edit_index(tmp_path, lambda ix: ix["shards"][1].update(num_tokens=12))
     with pytest.raises(ValueError, match=r"shard-00001\.bin: header \(13 tokens"):
-        TokenStream(tmp_path / "index.json")
+        TokenStream(tmp_path)
 
 
 def test_missing_shard_listed_in_index(tmp_path: Path) -> None:
     make_stream_folder(tmp_path, [7, 13])
     (tmp_path / "shard-00001.bin").unlink()
     with pytest.raises(FileNotFoundError, match="shard-00001.bin"):
-        TokenStream(tmp_path / "index.json")
+        TokenStream(tmp_path)
 
 
 def test_verify_checksums_detects_flipped_byte(tmp_path: Path) -> None:
@@ -326,8 +327,17 @@ def test_verify_checksums_detects_flipped_byte(tmp_path: Path) -> None:
     raw = bytearray(path.read_bytes())
     raw[HEADER_BYTES + 3] ^= 0x01  # a token byte: header stays valid, size unchanged
     path.write_bytes(bytes(raw))
-    TokenStream(tmp_path / "index.json")  # without verification the header checks still pass
+    TokenStream(tmp_path)  # without verification the header checks still pass
     with pytest.raises(ValueError) as e:
-        TokenStream(tmp_path / "index.json", verify_checksums=True)
+        TokenStream(tmp_path, verify_checksums=True)
     assert "shard-00001.bin" in str(e.value)
     assert "sha256 does not match" in str(e.value)
+
+
+def test_token_stream_takes_the_folder_and_writes_the_index_as_before(tmp_path: Path) -> None:
+    make_stream_folder(tmp_path, [3, 4])
+    stream = TokenStream(tmp_path)
+    assert stream.index_path == tmp_path / INDEX_FILE == tmp_path / "index.json"
+    raw = (tmp_path / INDEX_FILE).read_text()
+    assert raw == json.dumps(json.loads(raw), indent=2) + "\n"  # the format written before lmrepro.io
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

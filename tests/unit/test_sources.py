@@ -22,9 +22,9 @@ import yaml
 from helpers import REPO
 from test_tokenize import expected_stream, sentences, write_jsonl
 
+from lmrepro.data.encode import split_files, tokenize_to_shards
 from lmrepro.data.shards import TokenStream
 from lmrepro.data.sources import local_input_paths, prepare_dataset
-from lmrepro.data.tokenize import split_files, tokenize_to_shards
 from lmrepro.data.tokenizer import train_bpe
 from lmrepro.workflow import check_config
 
@@ -114,7 +114,7 @@ def test_hub_snapshot_offline(fineweb: dict, tmp_path: Path) -> None:
     files, text_field = split_files(raw, "train")
     tok = train_bpe(files, 300, tmp_path / "tok", text_field=text_field)
     tokenize_to_shards(files, tok, tmp_path / "train", text_field=text_field)
-    stream = TokenStream(tmp_path / "train" / "index.json")
+    stream = TokenStream(tmp_path / "train")
     assert stream.window(0, len(stream)).tolist() == expected_stream(tok, fineweb["texts"][:100])
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for lmrepro.data.tokenizer (BPE training, loading) and lmrepro.data.tokenize (shards)."""
+"""Unit tests for lmrepro.data.tokenizer (BPE training, loading) and lmrepro.data.encode (shards)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmrepro.data.shards import TokenStream, read_header, read_index
-from lmrepro.data.tokenize import check_shards_match_tokenizer, split_files, tokenize_to_shards
+from lmrepro.data.encode import check_shards_match_tokenizer, split_files, tokenize_to_shards
+from lmrepro.data.shards import INDEX_FILE, TokenStream, read_header, read_index
 from lmrepro.data.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, load_tokenizer, train_bpe
 
 VOCAB = 300
@@ -176,7 +176,7 @@ def test_tokenize_to_shards_single_shard(tok_dir: Path, docs: list[str], tmp_pat
     expected = expected_stream(tok_dir, docs)
     assert result == {"num_documents": len(docs), "num_tokens": len(expected), "num_shards": 1}
 
-    index = read_index(out / "index.json")
+    index = read_index(out / INDEX_FILE)
     assert index["num_documents"] == len(docs)
     assert index["num_tokens"] == len(expected)
     assert index["vocab_size"] == VOCAB
@@ -184,7 +184,7 @@ def test_tokenize_to_shards_single_shard(tok_dir: Path, docs: list[str], tmp_pat
     assert index["tokenizer_sha256"] == tok.sha256
     assert index["source"]["files"] == [str(src)]
 
-    stream = TokenStream(out / "index.json", verify_checksums=True)
+    stream = TokenStream(out, verify_checksums=True)
     tokens = stream.window(0, len(stream)).tolist()
     assert tokens == expected
     decoded = [tok.decode(ids) for ids in split_documents(tokens, tok.bos_id, tok.eos_id)]
@@ -200,13 +200,13 @@ def test_tokenize_to_shards_cuts_at_document_boundaries(
     result = tokenize_to_shards([first, second], tok_dir, out, piece_bytes=500, batch_documents=3)
     tok = load_tokenizer(tok_dir)
     expected = expected_stream(tok_dir, docs)
-    index = read_index(out / "index.json")
+    index = read_index(out / INDEX_FILE)
     shards = index["shards"]
     assert len(shards) == result["num_shards"] >= 4  # pieces of ~500 bytes, never across files
     assert [s["file"] for s in shards] == [f"shard-{i:05d}.bin" for i in range(len(shards))]
     assert sum(s["num_documents"] for s in shards) == index["num_documents"] == len(docs)
     assert sum(s["num_tokens"] for s in shards) == index["num_tokens"] == len(expected)
-    assert sorted(p.name for p in out.iterdir()) == sorted([s["file"] for s in shards] + ["index.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([s["file"] for s in shards] + [INDEX_FILE])
     assert not (tmp_path / ".work-shards").exists()  # the work folder goes once the output is complete
 
     concatenated: list[int] = []
@@ -230,7 +230,7 @@ def test_tokenize_empty_input(tok_dir: Path, tmp_path: Path) -> None:
         tokenize_to_shards([src], tok_dir, out)
     assert "empty" in str(e.value).replace(str(tmp_path), "")
     assert str(src) in str(e.value)
-    assert not (out / "index.json").exists()
+    assert not (out / INDEX_FILE).exists()
     assert not list(out.glob("*.bin"))
 
 
@@ -250,7 +250,7 @@ def test_tokenize_row_without_text(tok_dir: Path, tmp_path: Path) -> None:
         tokenize_to_shards([src], tok_dir, out)
     assert f"{src}:2:" in str(e.value)
     assert "'text'" in str(e.value) and "'body'" in str(e.value)
-    assert not (out / "index.json").exists()
+    assert not (out / INDEX_FILE).exists()
 
 
 def test_row_error_in_a_later_piece_names_the_file_line(tok_dir: Path, tmp_path: Path) -> None:
@@ -294,11 +294,11 @@ def test_formats_give_the_same_stream(tok_dir: Path, docs: list[str], tmp_path: 
     path = write_formats(tmp_path / "data", docs)[fmt]
     out = tmp_path / "shards"
     result = tokenize_to_shards([path], tok_dir, out, text_field="content", piece_bytes=400)
-    stream = TokenStream(out / "index.json", verify_checksums=True)
+    stream = TokenStream(out, verify_checksums=True)
     assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, docs)
     if fmt in ("jsonl", "parquet", "arrow-file", "arrow-stream"):
         assert result["num_shards"] > 1  # cut into pieces
-    assert read_index(out / "index.json")["source"]["text_field"] == "content"
+    assert read_index(out / INDEX_FILE)["source"]["text_field"] == "content"
 
 
 def test_text_files_are_one_document_each(tok_dir: Path, docs: list[str], tmp_path: Path) -> None:
@@ -307,7 +307,7 @@ def test_text_files_are_one_document_each(tok_dir: Path, docs: list[str], tmp_pa
         files.append(tmp_path / f"doc{i}.txt")
         files[-1].write_text(text)
     tokenize_to_shards(files, tok_dir, tmp_path / "shards")
-    stream = TokenStream(tmp_path / "shards" / "index.json")
+    stream = TokenStream(tmp_path / "shards")
     assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, docs[:5])
 
 
@@ -349,7 +349,10 @@ def test_parallel_encoding_gives_the_same_shards(tok_dir: Path, docs: list[str],
     one = tokenize_to_shards([src], tok_dir, tmp_path / "one", piece_bytes=2000)
     two = tokenize_to_shards([src], tok_dir, tmp_path / "two", piece_bytes=2000, num_proc=2)
     assert one == two and one["num_shards"] >= 3
-    index_one, index_two = read_index(tmp_path / "one/index.json"), read_index(tmp_path / "two/index.json")
+    index_one, index_two = (
+        read_index(tmp_path / "one" / INDEX_FILE),
+        read_index(tmp_path / "two" / INDEX_FILE),
+    )
     assert index_one["shards"] == index_two["shards"]  # same files, tokens, documents and sha256
 
 
@@ -374,16 +377,16 @@ def test_finished_shards_survive_a_failure(
     mtimes = {p.name: p.stat().st_mtime_ns for p in kept}
 
     files[1].write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": "fixed"}) + "\n")
-    caplog.set_level("INFO", logger="lmrepro.data.tokenize")
+    caplog.set_level("INFO", logger="lmrepro.data.encode")
     tokenize_to_shards(files, tok_dir, out, piece_bytes=1000)
     assert f"{len(kept)} shards kept from a failed attempt" in caplog.text
     assert not work.exists()
     # The kept shards were moved, not re-encoded: same inode and modification time.
-    index = read_index(out / "index.json")
+    index = read_index(out / INDEX_FILE)
     moved = {e["file"]: out / e["file"] for e in index["shards"][: len(kept)]}
     assert sorted(p.stat().st_ino for p in moved.values()) == sorted(inodes.values())
     assert sorted(p.stat().st_mtime_ns for p in moved.values()) == sorted(mtimes.values())
-    stream = TokenStream(out / "index.json", verify_checksums=True)
+    stream = TokenStream(out, verify_checksums=True)
     assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, [*docs, "fine", "fixed"])
 
 
@@ -399,7 +402,7 @@ def test_corrupted_kept_shard_is_encoded_again(tok_dir: Path, docs: list[str], t
     (work / "shard-00001.bin").write_bytes(b"NOTASHARD" * 10)  # a foreign header
     files[1].write_text(json.dumps({"text": "fixed"}) + "\n")
     tokenize_to_shards(files, tok_dir, out, piece_bytes=1000)
-    stream = TokenStream(out / "index.json", verify_checksums=True)
+    stream = TokenStream(out, verify_checksums=True)
     assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, [*docs, "fixed"])
 
 
@@ -413,14 +416,14 @@ def test_shards_of_changed_input_are_encoded_again(tok_dir: Path, docs: list[str
     write_jsonl(files[0], list(reversed(docs)))  # the first file changed: its old shards are stale
     files[1].write_text(json.dumps({"text": "fixed"}) + "\n")
     tokenize_to_shards(files, tok_dir, out, piece_bytes=1000)
-    stream = TokenStream(out / "index.json")
+    stream = TokenStream(out)
     assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, [*reversed(docs), "fixed"])
 
 
 def test_token_id_outside_the_vocabulary_is_an_error(tok_dir: Path, tmp_path: Path) -> None:
     """An encoder that returns an id >= vocab_size stops with the shard and the source piece named."""
+    from lmrepro.data.encode import _encode_piece
     from lmrepro.data.readers import plan_pieces
-    from lmrepro.data.tokenize import _encode_piece
 
     class Broken:
         vocab_size, bos_id, eos_id = 300, 0, 1
@@ -442,7 +445,7 @@ def test_empty_file_among_others_makes_no_shard(tok_dir: Path, docs: list[str], 
     src = write_jsonl(tmp_path / "d.jsonl", docs)
     result = tokenize_to_shards([empty, src], tok_dir, tmp_path / "shards")
     assert result["num_shards"] == 1
-    assert read_index(tmp_path / "shards/index.json")["shards"][0]["file"] == "shard-00000.bin"
+    assert read_index(tmp_path / "shards" / INDEX_FILE)["shards"][0]["file"] == "shard-00000.bin"
 
 
 # ------------------------------------------------------------------------- shards vs the run's tokenizer
@@ -451,7 +454,7 @@ def test_empty_file_among_others_makes_no_shard(tok_dir: Path, docs: list[str], 
 def test_shards_must_match_the_tokenizer(tok_dir: Path, docs: list[str], tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "d.jsonl", docs)
     tokenize_to_shards([src], tok_dir, tmp_path / "shards")
-    index_path = tmp_path / "shards" / "index.json"
+    index_path = tmp_path / "shards" / INDEX_FILE
     assert check_shards_match_tokenizer(index_path, tok_dir)["num_documents"] == len(docs)
     other = train_bpe([write_jsonl(tmp_path / "o.jsonl", sentences(200, seed=5))], VOCAB + 20, tmp_path / "o")
     with pytest.raises(ValueError) as e:
@@ -467,7 +470,7 @@ def test_jsonl_edge_cases(tok_dir: Path, tmp_path: Path) -> None:
     src = tmp_path / "d.jsonl"
     src.write_text(json.dumps({"text": odd}, ensure_ascii=False) + "\n" + json.dumps({"text": "x"}) + "\n")
     tokenize_to_shards([src], tok_dir, tmp_path / "shards")
-    stream = TokenStream(tmp_path / "shards" / "index.json")
+    stream = TokenStream(tmp_path / "shards")
     assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, [odd, "x"])
 
     bad = tmp_path / "bad.jsonl"
@@ -490,5 +493,5 @@ def test_zstd_jsonl_needs_zstandard(tok_dir: Path, docs: list[str], tmp_path: Pa
         zstandard.ZstdCompressor().compress(write_jsonl(tmp_path / "d.jsonl", docs).read_bytes())
     )
     tokenize_to_shards([path], tok_dir, tmp_path / "shards")
-    stream = TokenStream(tmp_path / "shards" / "index.json")
+    stream = TokenStream(tmp_path / "shards")
     assert stream.window(0, len(stream)).tolist() == expected_stream(tok_dir, docs)

@@ -20,8 +20,8 @@ import yaml
 from helpers import REPO
 from test_tokenize import expected_stream, sample_docs, sentences, split_documents, write_jsonl
 
-from lmrepro.data.shards import TokenStream, read_index
-from lmrepro.data.tokenize import tokenize_to_shards
+from lmrepro.data.encode import tokenize_to_shards
+from lmrepro.data.shards import INDEX_FILE, TokenStream, read_index
 from lmrepro.data.tokenizer import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -267,10 +267,10 @@ def test_hf_bos_eos_from_config_and_gpt2_style(bpe_dir: Path, tmp_path: Path, co
     assert (config["bos_token"], config["eos_token"]) == ("<|pad|>", "<|pad|>")
     src = write_jsonl(tmp_path / "d.jsonl", corpus[:20])
     tokenize_to_shards([src], tmp_path / "gpt2", tmp_path / "shards")
-    stream = TokenStream(tmp_path / "shards" / "index.json")
+    stream = TokenStream(tmp_path / "shards")
     tokens = stream.window(0, len(stream)).tolist()
     assert tokens.count(pad) == 20 and tokens[-1] == pad
-    assert read_index(tmp_path / "shards" / "index.json")["bos_id"] is None
+    assert read_index(tmp_path / "shards" / INDEX_FILE)["bos_id"] is None
 
 
 def test_hf_errors_name_the_key(bpe_dir: Path, tmp_path: Path) -> None:
@@ -312,10 +312,10 @@ def test_tokenize_with_pretrained_kinds(
     out = tmp_path / "shards"
     tokenize_to_shards([src], folder, out, piece_bytes=1500, num_proc=2)
     tok = load_tokenizer(folder)
-    index = read_index(out / "index.json")
+    index = read_index(out / INDEX_FILE)
     assert (index["vocab_size"], index["bos_id"], index["eos_id"]) == (tok.vocab_size, tok.bos_id, tok.eos_id)
     assert index["tokenizer_sha256"] == tok.sha256 and len(index["shards"]) > 1
-    stream = TokenStream(out / "index.json", verify_checksums=True)
+    stream = TokenStream(out, verify_checksums=True)
     tokens = stream.window(0, len(stream)).tolist()
     assert tokens == expected_stream(folder, texts * 3)
     assert [tok.decode(d) for d in split_documents(tokens, tok.bos_id, tok.eos_id)] == texts * 3

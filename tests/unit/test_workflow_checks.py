@@ -11,7 +11,17 @@ import jsonschema
 import pytest
 import yaml
 
-from lmrepro.workflow import check_config, run_fixed_values, segment_boundaries
+from lmrepro.workflow import (
+    check_config,
+    checkpoint_dir,
+    eval_result,
+    eval_steps,
+    names_of_kind,
+    previous_segment_end,
+    report_files,
+    run_fixed_values,
+    segment_boundaries,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -74,6 +84,39 @@ def test_segment_boundaries_invalid(steps: int, segment_steps: int) -> None:
         segment_boundaries(steps, segment_steps)
 
 
+def test_eval_steps_and_previous_segment_end() -> None:
+    spec = {"steps": 7, "segment_steps": 3}
+    assert eval_steps(spec) == [0, 3, 6, 7]
+    assert [previous_segment_end("r", spec, step) for step in (3, 6, 7)] == [0, 3, 6]
+    with pytest.raises(ValueError, match=r"runs.r: step 4 is not a segment end; valid steps: \[3, 6, 7\]"):
+        previous_segment_end("r", spec, 4)
+
+
+def test_result_paths_match_the_rules_patterns() -> None:
+    assert checkpoint_dir("tiny", 50) == "results/runs/tiny/checkpoints/step-50"
+    assert eval_result("tiny", 0, "heldout") == "results/runs/tiny/eval/step-0/heldout.json"
+    assert report_files()[0] == "results/report/summary.csv"
+
+
+def test_names_of_kind() -> None:
+    specs = {"a.b": {"kind": "bpe"}, "c": {"kind": "hf"}}
+    assert names_of_kind(specs, "bpe") == r"a\.b"
+    assert names_of_kind(specs, "hf", "bpe") == r"a\.b|c"
+    assert names_of_kind(specs, "tiktoken") == "(?!x)x"
+
+
+def test_schema_fills_defaults(config: dict) -> None:
+    from snakemake.utils import validate
+
+    config["bases"] = {"b": {"format": "hf", "path": "x"}}
+    del config["evals"]["heldout"]["max_tokens"]
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
+    assert config["evals"]["heldout"]["max_tokens"] == 32768
+    assert "max_tokens" not in config["evals"]["synthetic_mc"]  # multiple_choice has no token budget
+    assert config["runs"]["tiny"]["export_dtype"] == "float32"
+    assert config["bases"]["b"]["vocab"] == "keep"
+
+
 # ------------------------------------------------------------------------------------- check_config
 
 
@@ -85,12 +128,13 @@ def test_default_config_passes(config: dict, root: Path) -> None:
 
 
 def test_run_fixed_values(config: dict) -> None:
-    fixed = run_fixed_values("tiny", config["runs"]["tiny"], vocab_size=512, train_index="x/index.json")
+    data = {"synthetic": {"index": "x/index.json"}}
+    fixed = run_fixed_values("tiny", config["runs"]["tiny"], vocab_size=512, data=data)
     assert fixed == {
         "run": "tiny",
         "run_dir": "results/runs/tiny",
         "model": {"vocab_size": 512},
-        "data": {"train_index": "x/index.json"},
+        "data": {"sources": [{"name": "synthetic", "weight": 1.0, "index": "x/index.json"}]},
         "training": {"steps": config["runs"]["tiny"]["steps"]},
     }
 

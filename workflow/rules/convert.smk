@@ -3,7 +3,7 @@ rule convert_base:
     runs.<run>.init; conversion.json lists every missing, unexpected and reshaped key.
     """
     input:
-        source=base_source,
+        source=lookup(dpath="bases/{base}/path", within=config),
     output:
         dcp=directory("results/init/{base}/dcp"),
     log:
@@ -13,8 +13,8 @@ rule convert_base:
     conda:
         LMREPRO_ENV
     params:
-        format=base_format,
-        vocab=base_vocab,
+        format=lookup(dpath="bases/{base}/format", within=config),
+        vocab=lookup(dpath="bases/{base}/vocab", within=config),
     shell:
         "python workflow/scripts/convert_to_dcp.py --format {params.format} --source {input.source:q} "
         "--vocab {params.vocab} --out {output.dcp} > {log} 2>&1"

@@ -33,11 +33,11 @@ rule train_tokenizer:
     benchmark:
         "results/benchmarks/train_tokenizer/{tokenizer}.tsv"
     wildcard_constraints:
-        tokenizer=tokenizers_of_kind("bpe"),
+        tokenizer=names_of_kind(config["tokenizers"], "bpe"),
     conda:
         LMREPRO_ENV
     params:
-        vocab_size=tokenizer_vocab_size,
+        vocab_size=lookup(dpath="tokenizers/{tokenizer}/vocab_size", within=config),
     shell:
         "python workflow/scripts/train_tokenizer.py --raw {input.raw} "
         "--vocab-size {params.vocab_size} --out $(dirname {output.tokenizer}) > {log} 2>&1"
@@ -46,13 +46,13 @@ rule train_tokenizer:
 rule import_tokenizer:
     """A pretrained tokenizer (kinds hf, tiktoken, sentencepiece), with tokenizer.json for the HF export."""
     input:
-        source=tokenizer_source,
+        source=lookup(dpath="tokenizers/{tokenizer}/path", within=config),
     output:
         tokenizer="results/tokenizers/{tokenizer}/tokenizer.json",
     log:
         "results/logs/import_tokenizer/{tokenizer}.log",
     wildcard_constraints:
-        tokenizer=tokenizers_of_kind("hf", "tiktoken", "sentencepiece"),
+        tokenizer=names_of_kind(config["tokenizers"], "hf", "tiktoken", "sentencepiece"),
     conda:
         LMREPRO_ENV
     params:
@@ -69,7 +69,7 @@ rule tokenize:
     done, so a rerun after a failure encodes only the missing ones.
     """
     input:
-        raw="results/data/{dataset}/raw",
+        raw=rules.prepare_dataset.output.raw,
         tokenizer="results/tokenizers/{tokenizer}/tokenizer.json",
     output:
         shards=directory("results/data/{dataset}/{tokenizer}/{split}"),

@@ -10,20 +10,20 @@ rule eval_loss:
     benchmark:
         "results/benchmarks/eval/{run}/step-{step}/{task}.tsv"
     wildcard_constraints:
-        task=tasks_of_kind("loss"),
+        task=names_of_kind(config.get("evals", {}), "loss"),
     conda:
         LMREPRO_ENV
     params:
-        max_tokens=eval_max_tokens,
+        max_tokens=lookup(dpath="evals/{task}/max_tokens", within=config),
     shell:
-        "python workflow/scripts/eval_loss.py --checkpoint {input.checkpoint} --index {input.shards}/index.json "
+        "python workflow/scripts/eval_loss.py --checkpoint {input.checkpoint} --shards {input.shards} "
         "--task {wildcards.task} --max-tokens {params.max_tokens} --out {output.result} > {log} 2>&1"
 
 
 rule eval_multiple_choice:
     """A HellaSwag-format multiple-choice set scored by lm-eval on the exported Hugging Face model."""
     input:
-        export="results/runs/{run}/export/step-{step}",
+        export=rules.export_checkpoint.output.export,
         raw=mc_eval_raw,
     output:
         result="results/runs/{run}/eval/step-{step}/{task}.json",
@@ -32,11 +32,11 @@ rule eval_multiple_choice:
     benchmark:
         "results/benchmarks/eval/{run}/step-{step}/{task}.tsv"
     wildcard_constraints:
-        task=tasks_of_kind("multiple_choice"),
+        task=names_of_kind(config.get("evals", {}), "multiple_choice"),
     conda:
         LMREPRO_ENV
     params:
-        file=mc_eval_file,
+        file=lookup(dpath="evals/{task}/file", within=config),
         limit=mc_eval_limit,
     shell:
         "python workflow/scripts/eval_multiple_choice.py --export {input.export} "

@@ -12,7 +12,7 @@ rule export_checkpoint:
     conda:
         LMREPRO_ENV
     params:
-        dtype=run_export_dtype,
+        dtype=lookup(dpath="runs/{run}/export_dtype", within=config),
     shell:
         "python workflow/scripts/export_checkpoint.py --checkpoint {input.checkpoint} "
         "--tokenizer $(dirname {input.tokenizer}) --dtype {params.dtype} --out {output.export} > {log} 2>&1"

@@ -1,5 +1,7 @@
 rule render_train_config:
-    """The run's fully resolved trainer config: preset < run overrides < workflow-fixed values."""
+    """The run's fully resolved trainer config: preset < run overrides < workflow-fixed values. The script
+    finds the tokenizer and data by the same path conventions (lmrepro.workflow) as these inputs.
+    """
     input:
         preset=run_preset,
         tokenizer=run_tokenizer_file,
@@ -14,7 +16,7 @@ rule render_train_config:
         settings=render_settings,
     shell:
         "python workflow/scripts/render_train_config.py --run {wildcards.run} --settings {params.settings:q} "
-        "--tokenizer {input.tokenizer} --train-data {input.data} --out {output.config} > {log} 2>&1"
+        "--out {output.config} > {log} 2>&1"
 
 
 rule init_checkpoint:
@@ -22,7 +24,7 @@ rule init_checkpoint:
     weights of the converted base that runs.<run>.init names (init.json says what came from where).
     """
     input:
-        config="results/runs/{run}/train.toml",
+        config=rules.render_train_config.output.config,
         base=run_init_base,
     output:
         checkpoint=directory("results/runs/{run}/checkpoints/step-0"),
@@ -46,7 +48,7 @@ rule train_segment:
     launcher (train_launcher) runs torchrun on one node, or on every node of a Slurm job (profiles/slurm).
     """
     input:
-        config="results/runs/{run}/train.toml",
+        config=rules.render_train_config.output.config,
         start=previous_checkpoint,
     output:
         checkpoint=directory("results/runs/{run}/checkpoints/step-{step}"),

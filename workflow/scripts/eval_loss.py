@@ -9,12 +9,12 @@ from lmrepro.logs import run_main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--index", required=True, help="index.json of the held-out shards")
+    parser.add_argument("--shards", required=True, help="folder of the held-out token shards")
     parser.add_argument("--task", required=True)
-    parser.add_argument("--max-tokens", type=int, default=32768)
+    parser.add_argument("--max-tokens", type=int, required=True, help="evals.<task>.max_tokens")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    evaluate_loss_task(args.checkpoint, args.index, args.task, args.max_tokens, args.out)
+    evaluate_loss_task(args.checkpoint, args.shards, args.task, args.max_tokens, args.out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Parallel over pieces of the input; restartable: finished shards wait in a work f
 
 import argparse
 
-from lmrepro.data.tokenize import DEFAULT_PIECE_BYTES, split_files, tokenize_to_shards
+from lmrepro.data.encode import DEFAULT_PIECE_BYTES, split_files, tokenize_to_shards
 from lmrepro.logs import run_main
 
 

@@ -2,7 +2,7 @@
 
 import argparse
 
-from lmrepro.data.tokenize import split_files
+from lmrepro.data.encode import split_files
 from lmrepro.data.tokenizer import load_tokenizer, train_bpe
 from lmrepro.logs import run_main
 

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pickle
-import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,8 +41,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import WriteItem, WriteItemType
 
-from lmrepro.checkpoint.dcp import META
-from lmrepro.checkpoint.export import MODEL_PREFIX
+from lmrepro.checkpoint.dcp import CHECKPOINT_INFO, MODEL_PREFIX
 from lmrepro.checkpoint.hf import (
     INDEX_FILE,
     from_hf_tensor,
@@ -56,6 +53,7 @@ from lmrepro.checkpoint.hf import (
     read_hf_config,
 )
 from lmrepro.checkpoint.safetensors_io import SafetensorsReader
+from lmrepro.io import atomic_folder, write_json
 from lmrepro.model.flavors import args_from_params_json, params_json
 from lmrepro.model.llama import ModelArgs
 from lmrepro.provenance import provenance
@@ -143,10 +141,10 @@ def _check_index(path: Path, readers: list[SafetensorsReader]) -> None:
             raise ValueError(f"{path / INDEX_FILE} lists {key!r} in {name}, which does not contain it")
 
 
-# -------------------------------------------------------------------------------------------- Meta
+# -------------------------------------------------------------------------------------- Meta Llama
 
 # How Meta's reference code splits each parameter over model-parallel ranks (None: replicated).
-_META_SPLIT_DIM = {
+_META_LLAMA_SPLIT_DIM = {
     "attention.wq.weight": 0,
     "attention.wk.weight": 0,
     "attention.wv.weight": 0,
@@ -161,7 +159,7 @@ _META_SPLIT_DIM = {
 }
 
 
-class _MetaShards:
+class _MetaLlamaShards:
     """``consolidated.NN.pth`` files, memory-mapped, and re-opened after ~``budget_bytes`` were read.
 
     Every page a memory-mapped tensor touches stays resident until the file's mapping is released, so
@@ -195,20 +193,20 @@ def _load_mmap(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _meta_split_dim(key: str, shapes: list[tuple[int, ...]], args: ModelArgs) -> int | None:
+def _meta_llama_split_dim(key: str, shapes: list[tuple[int, ...]], args: ModelArgs) -> int | None:
     if len(shapes) == 1:
         return None
     if key == "tok_embeddings.weight":
         return 1 if shapes[0][1] * len(shapes) == args.dim else 0
-    return _META_SPLIT_DIM[key.split(".", 2)[2] if key.startswith("layers.") else key]
+    return _META_LLAMA_SPLIT_DIM[key.split(".", 2)[2] if key.startswith("layers.") else key]
 
 
-def open_meta_base(path: str | Path) -> BaseSource:
+def open_meta_llama_base(path: str | Path) -> BaseSource:
     """Meta's original format (possibly split over model-parallel files), memory-mapped, key by key."""
     path = Path(path)
-    args = read_meta_args(path)
+    args = read_meta_llama_args(path)
     files = sorted(path.glob("consolidated.*.pth"))
-    shards = _MetaShards(files)
+    shards = _MetaLlamaShards(files)
     first = _load_mmap(files[0])
     layout: dict[str, list[tuple[int, ...]]] = {k: [tuple(v.shape)] for k, v in first.items()}
     dtypes = {k: v.dtype for k, v in first.items()}
@@ -223,7 +221,9 @@ def open_meta_base(path: str | Path) -> BaseSource:
         del other
     if args.vocab_size <= 0 and "tok_embeddings.weight" in layout:  # Llama 2's params.json says -1
         emb = layout["tok_embeddings.weight"]
-        vocab = emb[0][0] * (len(emb) if _meta_split_dim("tok_embeddings.weight", emb, args) == 0 else 1)
+        vocab = emb[0][0] * (
+            len(emb) if _meta_llama_split_dim("tok_embeddings.weight", emb, args) == 0 else 1
+        )
         args = dataclasses.replace(args, vocab_size=vocab)
 
     split_dims: dict[str, int | None] = {}
@@ -239,7 +239,7 @@ def open_meta_base(path: str | Path) -> BaseSource:
         if key == "output.weight" and args.tie_embeddings:
             unexpected[key] = "tied embeddings: output is tok_embeddings, not converted"
             continue
-        dim = split_dims[key] = _meta_split_dim(key, shapes, args)
+        dim = split_dims[key] = _meta_llama_split_dim(key, shapes, args)
         full = list(shapes[0])
         if dim is not None:
             full[dim] = sum(s[dim] for s in shapes)
@@ -276,7 +276,7 @@ def open_meta_base(path: str | Path) -> BaseSource:
     )
 
 
-def read_meta_args(path: str | Path) -> ModelArgs:
+def read_meta_llama_args(path: str | Path) -> ModelArgs:
     """ModelArgs from a Meta folder's params.json (vocab_size may be -1: Llama 2 leaves it to the data)."""
     path = Path(path)
     params = path / "params.json"
@@ -295,11 +295,11 @@ def read_base_args(fmt: str, path: str | Path) -> ModelArgs:
     if fmt == "hf":
         return read_hf_config(path)[1]
     if fmt == "meta":
-        return read_meta_args(path)
+        return read_meta_llama_args(path)
     raise ValueError(f"base format {fmt!r} is not valid; choose one of {list(FORMATS)}")
 
 
-OPENERS: dict[str, Callable[[Path], BaseSource]] = {"hf": open_hf_base, "meta": open_meta_base}
+OPENERS: dict[str, Callable[[Path], BaseSource]] = {"hf": open_hf_base, "meta": open_meta_llama_base}
 
 
 # ----------------------------------------------------------------------------------- writing DCP
@@ -383,10 +383,7 @@ def convert_to_dcp(fmt: str, source_path: str | Path, out_dir: str | Path, *, vo
         "origin": {k: {"file": source.origin[k][0], "key": source.origin[k][1]} for k in keys},
     }
 
-    tmp = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out_dir) as tmp:
         placeholders = {k: torch.empty(source.shapes[k], dtype=source.dtypes[k], device="meta") for k in keys}
         writer = FileSystemWriter(str(tmp), single_file_per_rank=False, thread_count=1)
         try:
@@ -397,8 +394,8 @@ def convert_to_dcp(fmt: str, source_path: str | Path, out_dir: str | Path, *, vo
             )
         except CheckpointException as e:  # DCP wraps what a loader raised; show the user the original
             raise next(iter(e.failures.values()))[0] from None
-        (tmp / CONVERSION).write_text(json.dumps(record, indent=2) + "\n")
-        meta = {
+        write_json(tmp / CONVERSION, record)
+        info = {
             "kind": "base",
             "model_args": params_json(source.args),
             "contents": ["model"],
@@ -407,9 +404,5 @@ def convert_to_dcp(fmt: str, source_path: str | Path, out_dir: str | Path, *, vo
             **source.special_tokens,
             "provenance": provenance(),
         }
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")  # last: marks the folder complete
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / CHECKPOINT_INFO, info)  # last: marks the folder complete
     return record

@@ -1,13 +1,15 @@
-"""DCP checkpoints: model + optimizer + train state, written atomically with a meta.json.
+"""DCP checkpoints: model + optimizer + train state, written atomically with their info file (meta.json).
 
-A checkpoint folder is complete iff it holds meta.json: DCP writes into a hidden temp folder, rank 0
-adds meta.json and renames it into place, so a job killed mid-save never leaves a folder that a later
-step would take as complete. Loading is strict (no silent partial loads): a missing key is an error.
+A checkpoint folder is complete iff it holds meta.json (``CHECKPOINT_INFO``: step, tokens seen, lineage,
+model args; not to be confused with Meta's Llama format, ``checkpoint/convert.py``): DCP writes into a
+hidden temp folder, rank 0 adds meta.json and renames it into place, so a job killed mid-save never leaves
+a folder that a later step would take as complete. Loading is strict (no silent partial loads): a missing
+key is an error. The readers below take only model keys from a checkpoint (export, evaluation, a run's
+step-0 from a converted base): names, shapes and dtypes from the DCP metadata, tensors one by one.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -18,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -26,9 +30,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from lmrepro.checkpoint.hf import model_shapes
+from lmrepro.io import partial_path, read_json, write_json
+from lmrepro.model.flavors import args_from_params_json
+from lmrepro.model.llama import ModelArgs, Transformer
 from lmrepro.provenance import provenance
 
-META = "meta.json"
+CHECKPOINT_INFO = "meta.json"  # our checkpoint's info file; its presence marks the folder complete
+MODEL_PREFIX = "model."  # DCP checkpoints hold {"model": ..., "optimizer": ..., "train": ...}
 
 # Single-process save/load (seed checkpoints, export, evaluation) is intended, not a mistake.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -43,15 +52,16 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def read_meta(path: str | Path) -> dict:
-    meta_path = Path(path) / META
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{path} is not a complete lmrepro checkpoint (no {META})")
-    return json.loads(meta_path.read_text())
+def read_checkpoint_info(path: str | Path) -> dict:
+    """The checkpoint's meta.json."""
+    info_path = Path(path) / CHECKPOINT_INFO
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{path} is not a complete lmrepro checkpoint (no {CHECKPOINT_INFO})")
+    return read_json(info_path)
 
 
 def is_complete(path: str | Path) -> bool:
-    return (Path(path) / META).is_file() and (Path(path) / ".metadata").is_file()
+    return (Path(path) / CHECKPOINT_INFO).is_file() and (Path(path) / ".metadata").is_file()
 
 
 def save(
@@ -59,17 +69,17 @@ def save(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
     train_state: dict,
-    meta: dict,
+    info: dict,
     extra_files: dict[str, str] | None = None,
 ) -> dict:
-    """Save collectively (every rank calls); returns the meta written (with a fresh checkpoint_id).
+    """Save collectively (every rank calls); returns the info written (with a fresh checkpoint_id).
 
     extra_files (name → text) are written into the folder before it appears, e.g. the segment's metrics.
     """
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"checkpoint {path} already exists; refusing to overwrite it")
-    tmp = path.parent / f".{path.name}.partial"
+    tmp = partial_path(path)
     if _rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -80,18 +90,18 @@ def save(
         msd, osd = get_state_dict(model, optimizer)
         state = {"model": msd, "optimizer": osd, "train": train_state}
     dcp.save(state, checkpoint_id=str(tmp))
-    meta = {**meta, "checkpoint_id": uuid.uuid4().hex, "contents": sorted(state), "provenance": provenance()}
+    info = {**info, "checkpoint_id": uuid.uuid4().hex, "contents": sorted(state), "provenance": provenance()}
     if dist.is_initialized():
-        box = [meta]
+        box = [info]
         dist.broadcast_object_list(box, src=0)
-        meta = box[0]
-    if _rank() == 0:
+        info = box[0]
+    if _rank() == 0:  # the folder is renamed by rank 0 once every rank's DCP files are written
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(tmp / CHECKPOINT_INFO, info)
         os.replace(tmp, path)
     _barrier()
-    return meta
+    return info
 
 
 def load(
@@ -102,10 +112,10 @@ def load(
 ) -> dict:
     """Load in place (collectively). Model-only checkpoints (step-0 seeds) leave the optimizer fresh.
 
-    `train_state` is a template dict whose values are replaced by the checkpoint's. Returns meta.
+    `train_state` is a template dict whose values are replaced by the checkpoint's. Returns its info.
     """
-    meta = read_meta(path)
-    with_optimizer = optimizer is not None and "optimizer" in meta["contents"]
+    info = read_checkpoint_info(path)
+    with_optimizer = optimizer is not None and "optimizer" in info["contents"]
     if with_optimizer:
         msd, osd = get_state_dict(model, optimizer)
         state = {"model": msd, "optimizer": osd, "train": train_state}
@@ -117,7 +127,7 @@ def load(
     else:
         set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
     train_state.update(state["train"])
-    return meta
+    return info
 
 
 def rolling_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
@@ -147,3 +157,64 @@ def purge_old(folder: str | Path, keep_latest_k: int) -> None:
         return
     for _, path in rolling_checkpoints(folder)[:-keep_latest_k]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ reading model keys
+
+
+def checkpoint_model_args(checkpoint_dir: str | Path) -> tuple[ModelArgs, dict]:
+    """(ModelArgs, meta.json) of an lmrepro DCP checkpoint (a run's or a converted base's)."""
+    info = read_checkpoint_info(checkpoint_dir)
+    if "model_args" not in info:
+        raise ValueError(
+            f"{checkpoint_dir}/{CHECKPOINT_INFO} has no model_args; it was not written by lmrepro"
+        )
+    return args_from_params_json(info["model_args"]), info
+
+
+def model_tensor_specs(checkpoint_dir: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Our key -> (shape, dtype) of every model tensor in a DCP checkpoint, from its metadata only."""
+    metadata = FileSystemReader(str(checkpoint_dir)).read_metadata()
+    return {
+        fqn.removeprefix(MODEL_PREFIX): (tuple(entry.size), entry.properties.dtype)
+        for fqn, entry in metadata.state_dict_metadata.items()
+        if fqn.startswith(MODEL_PREFIX) and isinstance(entry, TensorStorageMetadata)
+    }
+
+
+def check_model_tensors(
+    specs: dict[str, tuple[tuple[int, ...], torch.dtype]], args: ModelArgs, where: str | Path
+) -> None:
+    """Every parameter of ``args``'s model is stored with its shape, and nothing else is: else ValueError."""
+    expected = model_shapes(args)
+    for key, shape in expected.items():
+        if key not in specs:
+            raise ValueError(f"{where}: checkpoint is missing model key {key!r}")
+        if specs[key][0] != shape:
+            raise ValueError(
+                f"{where}: model key {key!r} has shape {list(specs[key][0])}, the model args say "
+                f"{list(shape)}"
+            )
+    tied_copy = {"output.weight"} if args.tie_embeddings else set()  # training saves both tied names
+    unexpected = sorted(set(specs) - set(expected) - tied_copy)
+    if unexpected:
+        raise ValueError(f"{where}: checkpoint has model keys the model does not have: {unexpected[:5]}")
+
+
+def read_model_tensors(checkpoint_dir: str | Path, dests: dict[str, torch.Tensor]) -> None:
+    """Fill ``dests`` (our key -> preallocated tensor of any dtype) from the checkpoint, these keys only."""
+    dcp.load({"model": dests}, checkpoint_id=str(checkpoint_dir))
+
+
+def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
+    """(our model with the weights of a DCP checkpoint, its meta.json); single process, no process group."""
+    args, info = checkpoint_model_args(checkpoint_dir)
+    check_model_tensors(model_tensor_specs(checkpoint_dir), args, checkpoint_dir)
+    with torch.device("meta"):
+        model = Transformer(args)
+    model.to_empty(device=device)
+    model.init_weights()  # fills the non-persistent RoPE buffer; every weight is overwritten below
+    state = model.state_dict()  # shares storage with the parameters: DCP loads in place
+    read_model_tensors(checkpoint_dir, {key: state[key] for key in model_shapes(args)})
+    model.eval()
+    return model, info

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from lmrepro.checkpoint.safetensors_io import write_safetensors
+from lmrepro.io import atomic_folder, write_json
 from lmrepro.model.llama import ModelArgs, RopeScaling, Transformer
 
 SINGLE_FILE = "model.safetensors"
@@ -349,11 +350,7 @@ def write_hf_folder(
                 )
             yield to_hf_tensor(key, value, args)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir()
-    try:
+    with atomic_folder(out_dir) as tmp_dir:
         shards = _plan_shards(
             [(k, math.prod(s) * dtype.itemsize) for k, s in shapes.items()], max_shard_bytes
         )
@@ -365,20 +362,15 @@ def write_hf_folder(
             weight_map.update(dict.fromkeys((hf_name(k) for k in keys), name))
         if len(shards) > 1:
             total = sum(math.prod(s) * dtype.itemsize for s in shapes.values())
-            _write_json(tmp_dir / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
-        _write_json(tmp_dir / "config.json", config)
-        _write_json(tmp_dir / "generation_config.json", generation_config)
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            write_json(tmp_dir / INDEX_FILE, index, sort_keys=True)
+        write_json(tmp_dir / "config.json", config, sort_keys=True)
+        write_json(tmp_dir / "generation_config.json", generation_config, sort_keys=True)
         if tokenizer_dir is not None:
             for f in sorted(Path(tokenizer_dir).iterdir()):
                 is_weights = f.name.endswith((".safetensors", ".safetensors.index.json", ".bin", ".pth"))
                 if f.is_file() and not is_weights and not (tmp_dir / f.name).exists():
                     shutil.copy2(f, tmp_dir / f.name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp_dir.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
 
 
 def save_hf_folder(
@@ -410,10 +402,6 @@ def save_hf_folder(
         dtype=dtype,
         max_shard_bytes=max_shard_bytes,
     )
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_hf_config(hf_dir: str | Path) -> tuple[dict[str, Any], ModelArgs]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from lmrepro.checkpoint.convert import CONVERSION, VOCAB_KEYS
-from lmrepro.checkpoint.export import checkpoint_model_args, model_tensor_specs, read_model_tensors
+from lmrepro.checkpoint.dcp import checkpoint_model_args, model_tensor_specs, read_model_tensors
 from lmrepro.checkpoint.hf import model_shapes
 from lmrepro.model.llama import ModelArgs, Transformer
 
@@ -47,9 +47,9 @@ def init_from_base(model: Transformer, base_dir: str | Path) -> dict:
     embedding/output rows are resized. Returns the record that step-0 stores as ``init.json``.
     """
     base_dir = Path(base_dir)
-    base_args, meta = checkpoint_model_args(base_dir)
+    base_args, info = checkpoint_model_args(base_dir)
     conversion_path = base_dir / CONVERSION
-    if meta.get("kind") != "base" or not conversion_path.is_file():
+    if info.get("kind") != "base" or not conversion_path.is_file():
         raise ValueError(
             f"{base_dir} is not a converted base (no {CONVERSION}); convert it with convert_to_dcp"
         )
@@ -89,7 +89,7 @@ def init_from_base(model: Transformer, base_dir: str | Path) -> dict:
     reshaped = {key: _resize_rows(state[key], rows) for key, rows in resized.items()}
     return {
         "base": str(base_dir),
-        "base_checkpoint_id": meta.get("checkpoint_id"),
+        "base_checkpoint_id": info.get("checkpoint_id"),
         "vocab": policy,
         "loaded": sorted(direct),
         "random_init": random_init,

@@ -16,7 +16,7 @@ of data-parallel ranks recomputes every per-source position from it. Weights are
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,24 +25,6 @@ WEIGHT_PARTS = 1 << 24
 # m·weight must fit int64 in the vectorised path: 2**63 / 2**24 samples (5e11, i.e. 1e15 tokens at 2048).
 MAX_SAMPLES = (1 << 63) // WEIGHT_PARTS - 1
 _PHASE_TAG = 0x6D6978  # decorrelates the schedule's phases from the window permutations of the same seed
-
-
-def check_weights(weights: Mapping[str, float], where: str) -> dict[str, float]:
-    """Validate mixture weights (token fractions, any positive scale); return them normalised to sum 1.
-
-    `where` names the config location in errors, e.g. "runs.mix.mixture" or "data.sources".
-    """
-    if not weights:
-        raise ValueError(f"{where}: a mixture needs at least one dataset")
-    for name, weight in weights.items():
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise ValueError(f"{where}.{name}: weight {weight!r} is not a number")
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"{where}.{name}: weight {weight} must be a finite number >= 0")
-    total = float(sum(weights.values()))
-    if total <= 0:
-        raise ValueError(f"{where}: the weights of {sorted(weights)} sum to {total}; one must be > 0")
-    return {name: float(weight) / total for name, weight in weights.items()}
 
 
 def _quantise(fractions: Sequence[float]) -> list[int]:

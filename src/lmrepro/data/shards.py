@@ -1,4 +1,4 @@
-"""Binary token shards: a fixed 64-byte header, then the tokens; plus an index.json per shard folder.
+"""Binary token shards: a fixed 64-byte header, then the tokens; plus an index file per shard folder.
 
 Header (little-endian):  magic b"LMRTOKS\\0" | format version u32 | dtype code u32 | num_tokens u64 |
                          vocab_size u64 | num_documents u64 | zero padding to 64 bytes.
@@ -10,7 +10,6 @@ the tokenizer has one); the loader treats the shards of a folder as one stream.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
 import struct
@@ -19,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from lmrepro.io import file_sha256, write_json
+
 MAGIC = b"LMRTOKS\0"
 FORMAT_VERSION = 1
 HEADER_BYTES = 64
 _HEADER = struct.Struct("<8sIIQQQ")
 _DTYPE_CODES = {16: np.dtype("<u2"), 32: np.dtype("<u4")}
 INDEX_FORMAT = "lmrepro-token-shards"
+INDEX_FILE = "index.json"  # written last in a shard folder: its presence marks the folder complete
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -43,14 +45,6 @@ class ShardHeader:
     num_tokens: int
     vocab_size: int
     num_documents: int
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_shard(path: str | Path, tokens: np.ndarray, *, vocab_size: int, num_documents: int) -> str:
@@ -72,7 +66,7 @@ def write_shard(path: str | Path, tokens: np.ndarray, *, vocab_size: int, num_do
     with tmp.open("wb") as f:
         f.write(header.ljust(HEADER_BYTES, b"\0"))
         f.write(tokens.astype(dtype, copy=False).tobytes())
-    digest = _sha256(tmp)
+    digest = file_sha256(tmp)
     os.replace(tmp, path)
     return digest
 
@@ -119,7 +113,7 @@ def write_index(
     tokenizer_sha256: str,
     source: dict,
 ) -> Path:
-    """Write index.json last (atomically): its presence says the shard folder is complete."""
+    """Write the index file (INDEX_FILE) last (atomically): its presence says the shard folder is complete."""
     folder = Path(folder)
     index = {
         "format": INDEX_FORMAT,
@@ -134,10 +128,8 @@ def write_index(
         "source": source,
         "shards": shards,
     }
-    path = folder / "index.json"
-    tmp = folder / ".index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, path)
+    path = folder / INDEX_FILE
+    write_json(path, index, indent=2)
     return path
 
 
@@ -152,24 +144,25 @@ def read_index(path: str | Path) -> dict:
 
 
 class TokenStream:
-    """The shards listed by an index.json, read as one concatenated, memory-mapped token stream."""
+    """The shards of a folder (listed by its INDEX_FILE), read as one concatenated, memory-mapped stream."""
 
-    def __init__(self, index_path: str | Path, verify_checksums: bool = False):
-        self.index_path = Path(index_path)
+    def __init__(self, folder: str | Path, verify_checksums: bool = False):
+        self.folder = Path(folder)
+        self.index_path = self.folder / INDEX_FILE
         self.index = read_index(self.index_path)
         self.vocab_size: int = self.index["vocab_size"]
         self.eos_id: int = self.index["eos_id"]
         self.bos_id: int | None = self.index["bos_id"]
         self._shards: list[np.ndarray] = []
         for entry in self.index["shards"]:
-            path = self.index_path.parent / entry["file"]
+            path = self.folder / entry["file"]
             header = read_header(path)
             if header.num_tokens != entry["num_tokens"] or header.vocab_size != self.vocab_size:
                 raise ValueError(
                     f"{path}: header ({header.num_tokens} tokens, vocab {header.vocab_size}) disagrees with "
                     f"{self.index_path} ({entry['num_tokens']} tokens, vocab {self.vocab_size})"
                 )
-            if verify_checksums and _sha256(path) != entry["sha256"]:
+            if verify_checksums and file_sha256(path) != entry["sha256"]:
                 raise ValueError(f"{path}: sha256 does not match {self.index_path}; the shard is corrupted")
             # A plain ndarray view of the mapping: slicing it skips np.memmap's per-slice bookkeeping.
             self._shards.append(np.asarray(read_shard(path)))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import fnmatch
 import glob
-import json
 import logging
 import os
 import re
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from lmrepro.data.readers import FORMATS, file_format
 from lmrepro.data.synthetic import generate_corpus
-from lmrepro.data.tokenizer import file_sha256
+from lmrepro.io import atomic_folder, file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +35,9 @@ _LFS_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def prepare_dataset(spec: dict, out_dir: str | Path, *, name: str = "dataset", max_workers: int = 8) -> dict:
     """Write raw/ (split files or links, manifest.json); the folder appears atomically."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out_dir) as tmp:
         manifest = _prepare(spec, tmp, name, max_workers)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+        write_json(tmp / "manifest.json", manifest)
     log.info("prepared %s: splits %s", out_dir, ", ".join(sorted(manifest["splits"])))
     return manifest
 
@@ -100,45 +89,56 @@ def _check_disjoint(splits: dict[str, list[str]], where: str) -> None:
 # ------------------------------------------------------------------------------------------------ local
 
 
-def select_local_files(patterns: list[str], where: str) -> list[Path]:
-    """Files named by paths, folders (every data file below, sorted) and globs; `!glob` excludes."""
-    selected: list[Path] = []
+def select_local_files(
+    patterns: str | list[str], where: str, root: str | Path = ".", *, expand_folders: bool = True
+) -> list[Path]:
+    """The one reading of a local split's patterns (`datasets.<name>.files.<split>`): the files they name.
+
+    Each pattern is a file, a folder (every data file below it, sorted) or a glob (`**` recursive);
+    `!glob` excludes the selected files it matches. Relative patterns, and the paths that excludes are
+    matched against, are relative to `root`: the workflow's working directory, where Snakemake runs the
+    jobs (the default "." — the current directory). Returned paths are `root / <path as the pattern
+    spells it>`. A path that does not exist, a glob that matches no file or a folder without a data file
+    raises FileNotFoundError naming `where`. `expand_folders=False` returns a folder itself (checked to
+    hold a data file), which is what Snakemake tracks as an input.
+    """
+    root = Path(root)
+    patterns = _patterns(patterns)
+    selected: list[str] = []
     for pattern in (p for p in patterns if not p.startswith("!")):
-        path = Path(pattern)
+        path = root / pattern
         if _GLOB_CHARS.search(pattern):
-            matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True)) if Path(m).is_file()]
+            found = glob.glob(pattern, root_dir=root, recursive=True)
+            matches = [m for m in sorted(found) if (root / m).is_file()]
             if not matches:
                 raise FileNotFoundError(f"{where}: pattern {pattern} matches no file")
             selected += matches
         elif path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p))
+            below = (p.relative_to(path) for p in path.rglob("*") if p.is_file() and _is_data_file(p))
+            matches = sorted(str(Path(pattern) / p) for p in below)
             if not matches:
                 raise FileNotFoundError(
                     f"{where}: folder {pattern} holds no data file ({', '.join(FORMATS)})"
                 )
-            selected += matches
+            selected += matches if expand_folders else [pattern]
         elif path.is_file():
-            selected.append(path)
+            selected.append(pattern)
         else:
             raise FileNotFoundError(f"{where}: file {pattern} does not exist")
     excluded = [p[1:] for p in patterns if p.startswith("!")]
-    return [f for f in selected if not any(fnmatch.fnmatch(str(f), x) for x in excluded)]
+    return [root / f for f in selected if not any(fnmatch.fnmatch(f, x) for x in excluded)]
 
 
-def local_input_paths(spec: dict) -> list[str]:
-    """The existing files and folders a local dataset reads (Snakemake inputs: an edit reruns prepare)."""
+def local_input_paths(spec: dict, root: str | Path = ".", *, name: str = "dataset") -> list[str]:
+    """The files and folders a local dataset reads, as select_local_files finds them (the Snakemake inputs
+    of prepare_dataset: an edit reruns it). Also the parse-time check that every pattern finds a file."""
     if spec.get("source") != "local":
         return []
-    paths: list[str] = []
-    for value in spec["files"].values():
-        for pattern in _patterns(value):
-            if pattern.startswith("!"):
-                continue
-            if _GLOB_CHARS.search(pattern):
-                paths += sorted(m for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
-            elif Path(pattern).exists():
-                paths.append(pattern)
-    return paths
+    return [
+        str(f)
+        for split, value in spec["files"].items()
+        for f in select_local_files(value, f"datasets.{name}.files.{split}", root, expand_folders=False)
+    ]
 
 
 def _is_data_file(path: Path) -> bool:
@@ -164,7 +164,7 @@ def _prepare_local(spec: dict, tmp: Path, name: str, max_workers: int) -> dict:
             copied[key] = str(Path(patterns[0]).resolve())
             origins[split] = [copied[key]]
             continue
-        files = select_local_files(patterns, f"datasets.{name}.files.{split}")
+        files = select_local_files(patterns, f"datasets.{name}.files.{split}")  # relative to the cwd
         for f in files:
             file_format(f)  # an unsupported file type stops here, named
         splits[split] = origins[split] = [str(f.resolve()) for f in files]

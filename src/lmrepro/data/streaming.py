@@ -46,9 +46,9 @@ from itertools import islice
 
 import numpy as np
 
-from lmrepro.config import check_streams
-from lmrepro.data.loader import Batch, PrefetchingLoader, check_common_state
-from lmrepro.data.mixture import MixtureSchedule, check_weights
+from lmrepro.config import check_streams, check_weights
+from lmrepro.data.mixture import MixtureSchedule
+from lmrepro.data.prefetch import Batch, PrefetchingLoader, check_common_state, initial_data_state
 from lmrepro.data.tokenizer import load_tokenizer
 
 _TOKENIZE_DOCUMENTS = 64  # documents tokenized per call, from the current one on
@@ -316,7 +316,7 @@ class StreamingLoader(PrefetchingLoader):
         """Step 0 holds only the common keys; a later checkpoint the keys of this rank's streams, whose
         number its meta.json records (the trainer writes common_state() there)."""
         if checkpoint_meta.get("step", 0) == 0:
-            return {"samples_consumed": 0, "seed": self.seed, "seq_len": self.seq_len}
+            return initial_data_state(self.seed, self.seq_len)
         saved = checkpoint_meta.get("data", {}).get("streams")
         if saved is None:
             raise ValueError(

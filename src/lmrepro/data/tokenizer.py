@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
-import os
-import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
+
+from lmrepro.io import atomic_folder, file_sha256
 
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
@@ -46,19 +45,12 @@ LLAMA3_PATTERN = (
 )
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class TextTokenizer(ABC):
     """A loaded tokenizer with explicit special-token ids.
 
     ``sha256`` identifies the vocabulary: of tokenizer.json (kinds bpe, hf) or of tokenizer.model
-    (tiktoken, sentencepiece). index.json records it, so shards are never read with another tokenizer.
+    (tiktoken, sentencepiece). The shards' index file records it, so shards are never read with another
+    tokenizer.
     """
 
     kind: str
@@ -265,16 +257,7 @@ def train_bpe(
         tokenizer_object=tok, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN
     )
     out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    hf_tok.save_pretrained(tmp)
-    replace_folder(tmp, out_dir)
+    # a whole new folder in place of out_dir, so no file of an earlier tokenizer kind survives
+    with atomic_folder(out_dir) as tmp:
+        hf_tok.save_pretrained(tmp)
     return out_dir
-
-
-def replace_folder(tmp: Path, out_dir: Path) -> None:
-    """Put a finished folder in place of out_dir, so no file of an earlier tokenizer kind survives."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out_dir)

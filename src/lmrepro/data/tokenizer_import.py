@@ -27,8 +27,8 @@ from lmrepro.data.tokenizer import (
     load_sentencepiece,
     load_tokenizer,
     read_tiktoken_ranks,
-    replace_folder,
 )
+from lmrepro.io import atomic_folder, write_json
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +67,11 @@ def import_tokenizer(spec: dict, out_dir: str | Path, name: str = "tokenizer") -
     if not source.exists():
         raise FileNotFoundError(f"{where}.path: {source} does not exist")
     out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out_dir) as tmp:  # replaces out_dir whole: no file of an earlier tokenizer survives
         tok = _build(kind, source, tmp, spec, where)
         expected = spec.get("vocab_size")
         if expected is not None and expected != tok.vocab_size:
             raise ValueError(f"{where}.vocab_size = {expected}, but {source} has {tok.vocab_size} tokens")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_folder(tmp, out_dir)
     tok = load_tokenizer(out_dir)
     log.info("imported %s tokenizer %s from %s: %r", kind, name, source, tok)
     return tok
@@ -100,7 +93,7 @@ def _build(kind: str, source: Path, tmp: Path, spec: dict, where: str) -> TextTo
     shutil.copyfile(model, tmp / MODEL_FILE)
     (_tiktoken_to_hf if kind == "tiktoken" else _sentencepiece_to_hf)(tmp / MODEL_FILE, tmp)
     meta = {"kind": kind, "engine": kind, "model_file": MODEL_FILE, "source": str(model.resolve())}
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(tmp / META_FILE, meta)
     tok = load_tokenizer(tmp)
     check_hf_conversion(tok, tmp / "tokenizer.json", model)
     return tok
@@ -124,7 +117,7 @@ def _copy_hf_folder(source: Path, tmp: Path, spec: dict, where: str) -> None:
             if backend.token_to_id(spec[key]) is None:
                 raise ValueError(f"{where}.{key} = {spec[key]!r} is not in the vocabulary of {folder}")
             config[key] = spec[key]
-    config_file.write_text(json.dumps(config, indent=2) + "\n")
+    write_json(config_file, config)
 
 
 def _bos_template(backend, bos_token: str) -> None:

@@ -6,40 +6,36 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 
-from lmrepro.checkpoint.export import load_model
+from lmrepro.checkpoint.dcp import load_model
 from lmrepro.data.shards import TokenStream
 from lmrepro.eval.loss import heldout_loss
+from lmrepro.io import read_json, write_json
 from lmrepro.provenance import provenance
 
 log = logging.getLogger(__name__)
 
 
 def write_result(out: str | Path, record: dict) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json(out, record)
 
 
 def evaluate_loss_task(
-    checkpoint: str | Path, index: str | Path, task: str, max_tokens: int, out: str | Path
+    checkpoint: str | Path, shards: str | Path, task: str, max_tokens: int, out: str | Path
 ) -> dict:
-    model, meta = load_model(checkpoint)
-    stream = TokenStream(index)
-    metrics = heldout_loss(model, stream, seq_len=meta["seq_len"], max_tokens=max_tokens)
+    """Held-out loss of a DCP checkpoint on the token shards of a folder (`shards`)."""
+    model, info = load_model(checkpoint)
+    stream = TokenStream(shards)
+    metrics = heldout_loss(model, stream, seq_len=info["seq_len"], max_tokens=max_tokens)
     log.info(
-        "%s step %d: loss %.4f, perplexity %.2f", task, meta["step"], metrics["loss"], metrics["perplexity"]
+        "%s step %d: loss %.4f, perplexity %.2f", task, info["step"], metrics["loss"], metrics["perplexity"]
     )
     record = {
-        "run": meta.get("run"),
-        "step": meta["step"],
-        "tokens_seen": meta["tokens_seen"],
+        "run": info.get("run"),
+        "step": info["step"],
+        "tokens_seen": info["tokens_seen"],
         "task": task,
         "kind": "loss",
         "metrics": {"loss": metrics["loss"], "perplexity": metrics["perplexity"]},
@@ -56,7 +52,7 @@ def evaluate_multiple_choice_task(
 ) -> dict:
     from lmrepro.eval.harness import evaluate_multiple_choice
 
-    info = json.loads((Path(export_dir) / "export.json").read_text())
+    info = read_json(Path(export_dir) / "export.json")
     result = evaluate_multiple_choice(Path(export_dir) / "hf", task, jsonl, limit=limit)
     log.info("%s step %d: %s", task, info["step"], result["metrics"])
     record = {

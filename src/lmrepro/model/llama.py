@@ -24,8 +24,7 @@ drop ``output.weight`` when ``tie_embeddings`` is set, as the HF export does.
 
 The file contains no parallelism code. Tensor parallel shards wq/wk/wv/w1/w3 by rows and wo/w2 by
 columns, so attention infers the *local* head count from tensor shapes, never from ``args.n_heads``.
-Pipeline parallel deletes entries of ``layers`` (a ``ModuleDict`` keyed "0".."n-1" so the surviving names
-stay stable) and sets ``tok_embeddings``/``norm``/``output`` to ``None`` on stages that do not own them.
+``layers`` is a ``ModuleDict`` keyed "0".."n-1", which gives the checkpoint keys ``layers.{i}.…``.
 """
 
 from __future__ import annotations
@@ -36,6 +35,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lmrepro.model.losses import linear_cross_entropy
 
 
 @dataclass
@@ -299,25 +300,22 @@ class Transformer(nn.Module):
         return precompute_freqs_cis(a.head_dim, a.max_seq_len, a.rope_theta, a.rope_scaling)
 
     @torch.no_grad()
-    def init_weights(self, buffer_device: torch.device | str | None = None) -> None:
+    def init_weights(self) -> None:
         """(Re)initialise every parameter and the RoPE buffer; deterministic given torch's RNG state.
 
         Meant for ``Transformer(args)`` under ``torch.device("meta")`` + ``to_empty(device=...)``, after
         which parameters hold garbage and the buffer must be recomputed on a real device.
         """
-        buffer_device = buffer_device or self.freqs_cis.device
-        with torch.device(buffer_device):
+        with torch.device(self.freqs_cis.device):
             self.freqs_cis = self._precompute_freqs_cis()
-        if self.args.tie_embeddings and self.output is not None and self.tok_embeddings is not None:
+        if self.args.tie_embeddings:
             # to_empty() from meta creates a new tensor per module and so silently unties the weights.
             self.output.weight = self.tok_embeddings.weight
-        if self.tok_embeddings is not None:
-            nn.init.normal_(self.tok_embeddings.weight, mean=0.0, std=0.02)
+        nn.init.normal_(self.tok_embeddings.weight, mean=0.0, std=0.02)
         for layer in self.layers.values():
             layer.init_weights()
-        if self.norm is not None:
-            self.norm.reset_parameters()
-        if self.output is not None and not self.args.tie_embeddings:
+        self.norm.reset_parameters()
+        if not self.args.tie_embeddings:
             # torchtitan: logits start with ~unit variance regardless of width.
             _trunc_normal_(self.output.weight, self.args.dim**-0.5)
 
@@ -325,10 +323,7 @@ class Transformer(nn.Module):
         """tokens [b, s] (int64) -> logits [b, s, vocab] in the parameters' dtype.
 
         With ``targets`` [b, s], returns the mean next-token cross-entropy instead, fused with the output
-        projection so the full logits are never materialised (see lmrepro.train.losses).
-
-        On pipeline stages without embedding/head, ``tokens`` is the hidden state [b, s, dim] and the
-        hidden state is returned.
+        projection so the full logits are never materialised (see lmrepro.model.losses).
         """
         if tokens.shape[1] > self.freqs_cis.shape[0]:
             raise ValueError(
@@ -339,7 +334,7 @@ class Transformer(nn.Module):
                 f"freqs_cis was cast to {self.freqs_cis.dtype} (Module.to(dtype) casts complex buffers too); "
                 "use model.bfloat16()/half() or mixed precision, which keep it complex64"
             )
-        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens  # [b, s, dim]
+        h = self.tok_embeddings(tokens)  # [b, s, dim]
         if torch.is_autocast_enabled(h.device.type):
             # The residual stream in the compute dtype, as under FSDP's mixed precision (whose bf16
             # embedding table yields bf16 hidden states), so one GPU computes what N GPUs compute; autocast
@@ -348,12 +343,10 @@ class Transformer(nn.Module):
             h = h.to(torch.get_autocast_dtype(h.device.type))
         for layer in self.layers.values():
             h = layer(h, self.freqs_cis)  # [b, s, dim]
-        h = self.norm(h) if self.norm is not None else h
-        if targets is not None and self.output is not None:
-            from lmrepro.train.losses import linear_cross_entropy
-
+        h = self.norm(h)
+        if targets is not None:
             return linear_cross_entropy(h.flatten(0, 1), self.output.weight, targets.flatten())
-        return self.output(h) if self.output is not None else h  # [b, s, vocab]
+        return self.output(h)  # [b, s, vocab]
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Unique parameter count; ``exclude_embeddings`` drops the token-embedding table.
@@ -361,7 +354,7 @@ class Transformer(nn.Module):
         With tied embeddings the shared matrix is counted once, as the embedding, so it is excluded too.
         """
         n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings and self.tok_embeddings is not None:
+        if exclude_embeddings:
             n -= self.tok_embeddings.weight.numel()
         return n
 

@@ -34,6 +34,18 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
+def throughput(tokens: int, elapsed_s: float, world_size: int, flops_per_token: int, peak_flops) -> dict:
+    """Tokens/s (all ranks and per device), model TFLOP/s per device and MFU (None where peak is unknown)
+    of a window of ``tokens`` trained in ``elapsed_s`` seconds."""
+    per_device = tokens / elapsed_s / world_size
+    return {
+        "tokens_per_s": tokens / elapsed_s,
+        "tokens_per_s_per_device": per_device,
+        "tflops_per_device": per_device * flops_per_token / 1e12,
+        "mfu": per_device * flops_per_token / peak_flops if peak_flops else None,
+    }
+
+
 class MetricsWriter:
     """Rank 0 appends one JSON row per logged step; other ranks write nothing."""
 

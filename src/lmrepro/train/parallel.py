@@ -27,7 +27,7 @@ from torch.distributed.tensor.parallel import (
 
 from lmrepro.config import ParallelConfig
 from lmrepro.model.llama import ModelArgs
-from lmrepro.train.losses import compile_chunk_step
+from lmrepro.model.losses import compile_chunk_step
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import signal
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,21 +26,18 @@ import torch.nn.functional as F
 
 from lmrepro.checkpoint import dcp
 from lmrepro.checkpoint.init_base import INIT_RECORD, init_from_base
-from lmrepro.config import JobConfig, check_streams, config_sha256, to_dict
+from lmrepro.checkpoint.segment import SegmentCheckpointer, checkpoint_info
+from lmrepro.config import JobConfig, to_dict
 from lmrepro.data.loader import build_loader
-from lmrepro.model.flavors import model_args, params_json
-from lmrepro.model.llama import ModelArgs, Transformer, flops_per_token
+from lmrepro.data.prefetch import initial_data_state
+from lmrepro.model.llama import Transformer, flops_per_token
 from lmrepro.train import metrics as metrics_lib
+from lmrepro.train.layout import Layout, checked_model_args, plan_layout
 from lmrepro.train.optim import build_optimizer, clip_and_step, set_lr
-from lmrepro.train.parallel import (
-    ParallelDims,
-    build_mesh,
-    dp_mesh,
-    dp_rank_and_size,
-    parallelize,
-    resolve_parallel_dims,
-)
+from lmrepro.train.parallel import ParallelDims, build_mesh, dp_mesh, dp_rank_and_size, parallelize
 from lmrepro.train.schedule import lr_at
+
+__all__ = ["Layout", "Trainer", "checked_model_args", "init_checkpoint", "plan_layout", "run_segment"]
 
 log = logging.getLogger(__name__)
 
@@ -51,51 +47,6 @@ EXIT_PREEMPTED = 143  # non-zero so Snakemake/Slurm retry the job, which then re
 def build_model(job: JobConfig, device: torch.device | str = "meta") -> Transformer:
     with torch.device(device):
         return Transformer(checked_model_args(job))
-
-
-def checked_model_args(job: JobConfig) -> ModelArgs:
-    args = model_args(job.model.flavor, job.model.vocab_size, **job.model.overrides)
-    if job.data.seq_len > args.max_seq_len:
-        raise ValueError(
-            f"data.seq_len = {job.data.seq_len} exceeds the model's max_seq_len = {args.max_seq_len} "
-            f"(flavor {job.model.flavor}); lower data.seq_len or set model.overrides.max_seq_len"
-        )
-    return args
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How a job's batch and model map onto its ranks; derived and checked before any process group."""
-
-    dims: ParallelDims
-    model_args: ModelArgs
-    global_batch_sequences: int
-    local_batch_sequences: int
-    micro_batch_sequences: int
-    grad_accum_steps: int
-
-
-def plan_layout(job: JobConfig, world_size: int) -> Layout:
-    """Validate flavor, parallel degrees and batch arithmetic for `world_size` ranks (names the bad key)."""
-    args = checked_model_args(job)
-    dims = resolve_parallel_dims(job.parallel, world_size, args)
-    seq_len = job.data.seq_len
-    global_sequences = job.training.global_batch_tokens // seq_len
-    if global_sequences % dims.dp_size:
-        raise ValueError(
-            f"training.global_batch_tokens = {job.training.global_batch_tokens} is not divisible by "
-            f"data.seq_len × data-parallel ranks = {seq_len} × {dims.dp_size}"
-        )
-    if job.data.mode == "streaming":
-        check_streams(job.data.streaming.streams, global_sequences, dims.dp_size)
-    local_sequences = global_sequences // dims.dp_size
-    micro = job.training.micro_batch_sequences or local_sequences
-    if local_sequences % micro:
-        raise ValueError(
-            f"training.micro_batch_sequences = {micro} does not divide the local batch of "
-            f"{local_sequences} sequences per data-parallel rank"
-        )
-    return Layout(dims, args, global_sequences, local_sequences, micro, local_sequences // micro)
 
 
 def init_checkpoint(job: JobConfig, save_to: Path, base: Path | None = None) -> dict:
@@ -112,45 +63,26 @@ def init_checkpoint(job: JobConfig, save_to: Path, base: Path | None = None) -> 
     model.init_weights()
     init_record = init_from_base(model, base) if base is not None else None
     init = {"base": str(base), "base_checkpoint_id": init_record["base_checkpoint_id"]} if base else None
-    meta = {
-        "step": 0,
-        "tokens_seen": 0,
-        "config_sha256": config_sha256(job),
-        "origin": None,
-        "run": job.run,
-        "model_args": params_json(model.args),
-        "seq_len": job.data.seq_len,
-        "init": init,
-    }
-    data_state = {"samples_consumed": 0, "seed": job.data.seed, "seq_len": job.data.seq_len}
+    info = checkpoint_info(job, model.args, step=0, tokens_seen=0, origin=None, init=init)
+    data_state = initial_data_state(job.data.seed, job.data.seq_len)
     train_state = {"step": 0, "tokens_seen": 0, "data": data_state, "rng": torch.get_rng_state()}
     extra = {INIT_RECORD: json.dumps(init_record, indent=2) + "\n"} if init_record else None
-    return dcp.save(save_to, model, None, train_state, meta, extra_files=extra)
+    return dcp.save(save_to, model, None, train_state, info, extra_files=extra)
 
 
 class Trainer:
     def __init__(self, job: JobConfig, resume_from: Path, save_to: Path, until_step: int):
         self.job = job
-        self.run_dir = Path(job.run_dir)
-        self.state_dir = self.run_dir / "state"
-        self.rolling_dir = self.state_dir / "checkpoints"
-        self.save_to = save_to
+        self.checkpointer = SegmentCheckpointer(job, resume_from, save_to, until_step)
+        self.state_dir = self.checkpointer.state_dir
         self.until_step = until_step
-        self.start_meta = dcp.read_meta(resume_from)
-        self.start_step = self.start_meta["step"]
-        if not self.start_step < until_step <= job.training.steps:
-            raise ValueError(
-                f"segment {self.start_step} → {until_step} is not within the run's training.steps = "
-                f"{job.training.steps}"
-            )
-        self.config_sha = config_sha256(job)
         self._stop_signal: int | None = None
         self.step = self.tokens_seen = 0  # set from the checkpoint by _load
         self.layout = plan_layout(job, int(os.environ.get("WORLD_SIZE", "1")))
         self.dims: ParallelDims = self.layout.dims
         self._setup_distributed()
         self._setup_model_and_data()
-        self._load(self._pick_start(resume_from))
+        self._load()
 
     # ---- setup -------------------------------------------------------------------------------
     def _setup_distributed(self) -> None:
@@ -215,33 +147,9 @@ class Trainer:
         self.flops_per_token = flops_per_token(self.model_args, seq_len)
         self.peak_flops = metrics_lib.peak_flops_per_device(self.device)
 
-    def _pick_start(self, resume_from: Path) -> Path:
-        """The newest rolling checkpoint of this very segment, else the segment's start checkpoint.
-
-        Rolling checkpoints of any other lineage (an earlier segment, an edited or rerun chain) are
-        scratch that can never be resumed; rank 0 deletes them so they cannot collide with this
-        segment's saves or crowd its checkpoints out of keep_latest_k.
-        """
-        start, stale = resume_from, []
-        for step, path in reversed(dcp.rolling_checkpoints(self.rolling_dir)):
-            meta = dcp.read_meta(path)
-            same_lineage = (
-                meta.get("config_sha256") == self.config_sha
-                and meta.get("origin") == self.start_meta["checkpoint_id"]
-                and self.start_step < step <= self.until_step
-            )
-            if same_lineage and start is resume_from:
-                log.info("resuming from rolling checkpoint %s (step %d)", path, step)
-                start = path
-            elif not same_lineage:
-                stale.append(path)
-        dcp.discard(stale, self.rolling_dir)
-        return start
-
-    def _load(self, path: Path) -> None:
-        template = self._train_state()
-        template["data"] = self.loader.resume_template(dcp.read_meta(path))  # streaming: per-stream keys
-        dcp.load(path, self.model, self.optimizer, template)
+    def _load(self) -> None:
+        template = self._train_state()  # streaming: the data template names the checkpoint's stream keys
+        path = self.checkpointer.load(self.model, self.optimizer, template, self.loader.resume_template)
         self.step = int(template["step"])
         self.tokens_seen = int(template["tokens_seen"])
         self.loader.load_state_dict(template["data"])
@@ -257,59 +165,27 @@ class Trainer:
             "rng": torch.get_rng_state(),
         }
 
-    def _meta(self) -> dict:
-        return {
-            "run": self.job.run,
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "config_sha256": self.config_sha,
-            "origin": self.start_meta["checkpoint_id"],
-            "model_args": params_json(self.model_args),
-            "seq_len": self.job.data.seq_len,
-            "lr": lr_at(self.step, self.job.optimizer.lr, self.job.training.steps, self.job.schedule),
-            "data": self.loader.common_state(),  # what a resume must know before it names the data keys
-            "parallel": {
-                "world_size": self.dims.world_size,
-                "dp_shard": self.dims.dp_shard,
-                "dp_replicate": self.dims.dp_replicate,
-                "tp": self.dims.tp,
+    def _info(self) -> dict:
+        dims = self.dims
+        return self.checkpointer.info(
+            self.model_args,
+            self.step,
+            self.tokens_seen,
+            lr=lr_at(self.step, self.job.optimizer.lr, self.job.training.steps, self.job.schedule),
+            data=self.loader.common_state(),  # what a resume must know before it names the data keys
+            parallel={
+                "world_size": dims.world_size,
+                "dp_shard": dims.dp_shard,
+                "dp_replicate": dims.dp_replicate,
+                "tp": dims.tp,
             },
-        }
+        )
 
     def save_rolling(self) -> None:
-        started = time.monotonic()
-        dcp.save(
-            self.rolling_dir / f"step-{self.step}",
-            self.model,
-            self.optimizer,
-            self._train_state(),
-            self._meta(),
-        )
-        dcp.purge_old(self.rolling_dir, self.job.checkpoint.keep_latest_k)
-        log.info("rolling checkpoint at step %d saved in %.2f s", self.step, time.monotonic() - started)
+        self.checkpointer.save_rolling(self.model, self.optimizer, self._train_state(), self._info())
 
     def save_final(self) -> None:
-        # Only rank 0 writes metrics.jsonl and the extra files; other ranks must not read it mid-append.
-        rows = (
-            metrics_lib.segment_rows(
-                self.state_dir / "metrics.jsonl",
-                self.start_meta["checkpoint_id"],
-                self.start_step + 1,
-                self.step,
-            )
-            if self.rank == 0
-            else []
-        )
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        dcp.save(
-            self.save_to,
-            self.model,
-            self.optimizer,
-            self._train_state(),
-            self._meta(),
-            extra_files={"metrics.jsonl": text},
-        )
-        log.info("segment checkpoint %s saved", self.save_to)
+        self.checkpointer.save_final(self.model, self.optimizer, self._train_state(), self._info())
 
     # ---- training ------------------------------------------------------------------------------
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -401,7 +277,7 @@ class Trainer:
             self.state_dir,
             enabled=self.rank == 0,
             tensorboard=job.metrics.tensorboard,
-            tags={"origin": self.start_meta["checkpoint_id"], "config_sha256": self.config_sha},
+            tags={"origin": self.checkpointer.origin, "config_sha256": self.checkpointer.config_sha},
         )
         self.describe()
         window_start, window_tokens = time.perf_counter(), 0
@@ -412,23 +288,15 @@ class Trainer:
                 if self.step % job.metrics.log_every_steps == 0 or self.step == self.until_step:
                     out = {**out, "loss": float(out["loss"]), "grad_norm": float(out["grad_norm"])}  # waits
                     elapsed = time.perf_counter() - window_start
-                    per_device = window_tokens / elapsed / self.dims.world_size
-                    mfu = per_device * self.flops_per_token / self.peak_flops if self.peak_flops else None
                     if not math.isfinite(out["loss"]):
                         raise FloatingPointError(f"loss is {out['loss']} at step {self.step}")
-                    writer.write(
-                        {
-                            "step": self.step,
-                            "tokens_seen": self.tokens_seen,
-                            **out,
-                            "tokens_per_s": window_tokens / elapsed,
-                            "tokens_per_s_per_device": per_device,
-                            "tflops_per_device": per_device * self.flops_per_token / 1e12,
-                            "mfu": mfu,
-                            "peak_memory_gib": metrics_lib.peak_memory_gib(self.device),
-                            **self.loader.metrics(),  # realised mixture shares
-                        }
+                    speed = metrics_lib.throughput(
+                        window_tokens, elapsed, self.dims.world_size, self.flops_per_token, self.peak_flops
                     )
+                    memory = metrics_lib.peak_memory_gib(self.device)
+                    mixture = self.loader.metrics()  # realised mixture shares
+                    row = {"step": self.step, "tokens_seen": self.tokens_seen, **out, **speed}
+                    writer.write({**row, "peak_memory_gib": memory, **mixture})
                     window_start, window_tokens = time.perf_counter(), 0
                 if self.step == self.until_step:
                     break
@@ -463,6 +331,6 @@ def attention_backend(name: str):
 def run_segment(job: JobConfig, resume_from: Path, save_to: Path, until_step: int) -> int:
     trainer = Trainer(job, resume_from, save_to, until_step)
     if trainer.rank == 0:
-        (trainer.state_dir).mkdir(parents=True, exist_ok=True)
+        trainer.state_dir.mkdir(parents=True, exist_ok=True)
         (trainer.state_dir / "train.resolved.json").write_text(json.dumps(to_dict(job), indent=2) + "\n")
     return trainer.train()

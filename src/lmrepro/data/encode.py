@@ -5,7 +5,7 @@ of ``num_proc`` processes. Shards are written to an undeclared work folder next 
 (``.work-<split>/``) with a small record each (tokens, documents, sha256, and a key of its input piece and
 the tokenizer). Snakemake deletes the declared output of a failed job, but not the work folder: a rerun
 keeps every shard whose key and checksum still match and encodes only the rest. When all pieces are done
-the shards move into the output folder and index.json is written last, so its presence marks a complete
+the shards move into the output folder and the index file is written last, so its presence marks a complete
 folder.
 """
 
@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from lmrepro.data.readers import Piece, iter_piece_texts, plan_pieces
-from lmrepro.data.shards import dtype_for_vocab, read_header, read_index, write_index, write_shard
-from lmrepro.data.tokenizer import TextTokenizer, file_sha256, load_tokenizer
+from lmrepro.data.shards import INDEX_FILE, dtype_for_vocab, read_header, read_index, write_index, write_shard
+from lmrepro.data.tokenizer import TextTokenizer, load_tokenizer
+from lmrepro.io import file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def split_files(raw_dir: str | Path, split: str) -> tuple[list[Path], str]:
 
 
 def check_shards_match_tokenizer(index_path: str | Path, tokenizer_dir: str | Path) -> dict:
-    """Shards are only valid with the tokenizer that wrote them: compare index.json with the tokenizer."""
+    """Shards are only valid with the tokenizer that wrote them: compare their index with the tokenizer."""
     index = read_index(index_path)
     tok = load_tokenizer(tokenizer_dir)
     ours = {
@@ -255,9 +256,7 @@ def _encode_piece(
         record["sha256"] = write_shard(shard, tokens, vocab_size=tok.vocab_size, num_documents=num_documents)
         record["num_tokens"] = int(tokens.size)
     record["seconds"] = round(time.monotonic() - started, 3)
-    tmp = _record_path(work, i).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record) + "\n")
-    os.replace(tmp, _record_path(work, i))
+    write_json(_record_path(work, i), record, indent=None)
     return record
 
 
@@ -285,7 +284,7 @@ class _Progress:
 def _publish(work: Path, out_dir: Path, records: list[dict]) -> list[dict]:
     """Move the non-empty shards into out_dir as shard-00000.bin, shard-00001.bin, … (input order)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("shard-*.bin"), out_dir / "index.json"]:
+    for stale in [*out_dir.glob("shard-*.bin"), out_dir / INDEX_FILE]:
         stale.unlink(missing_ok=True)
     shards = []
     for record in records:
