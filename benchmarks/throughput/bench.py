@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+REPO = Path(os.environ.get("LMREPRO_BENCH_ROOT", HERE.parents[1]))  # a snapshot of src/ + workflow/scripts/
 SEQ_LEN, LOCAL_BATCH = 4096, 4
 TORCHTITAN_WRAPPER = """
 import sys
@@ -36,8 +37,9 @@ main(Trainer)
 
 
 def prepare_data(work: Path) -> dict[str, Path]:
+    from lmrepro.data.encode import tokenize_to_shards
+    from lmrepro.data.shards import INDEX_FILE
     from lmrepro.data.sources import prepare_dataset
-    from lmrepro.data.tokenize import tokenize_to_shards
     from lmrepro.data.tokenizer import train_bpe
 
     raw = work / "raw"
@@ -47,15 +49,15 @@ def prepare_data(work: Path) -> dict[str, Path]:
     if not tok.exists():
         train_bpe([raw / "train.jsonl"], 512, tok)
     shards = work / "shards"
-    if not (shards / "index.json").exists():
+    if not (shards / INDEX_FILE).exists():
         tokenize_to_shards([raw / "train.jsonl"], tok, shards)
     jsonl_dir = work / "jsonl"
     jsonl_dir.mkdir(exist_ok=True)
     (jsonl_dir / "train.jsonl").write_bytes((raw / "train.jsonl").read_bytes())
-    return {"tokenizer": tok, "index": shards / "index.json", "jsonl_dir": jsonl_dir}
+    return {"tokenizer": tok, "index": shards / INDEX_FILE, "jsonl_dir": jsonl_dir}
 
 
-def run_torchtitan(work: Path, data: dict, steps: int) -> dict:
+def run_torchtitan(work: Path, data: dict, steps: int, float8: str = "off") -> dict:
     shutil.rmtree(work / "torchtitan_out", ignore_errors=True)
     wrapper = work / "torchtitan_1b.py"
     wrapper.write_text(TORCHTITAN_WRAPPER)
@@ -95,10 +97,14 @@ def run_torchtitan(work: Path, data: dict, steps: int) -> dict:
         "--job.dump_folder",
         str(work / "torchtitan_out"),
     ]
+    if float8 != "off":  # torchtitan 0.2.2's Float8Converter (torchao), output layer left in bf16
+        cmd += ["--model.converters", "quantize.linear.float8",
+                "--quantize.linear.float8.recipe_name", float8,
+                "--quantize.linear.float8.filter_fqns", "output"]  # fmt: skip
     started = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=900)
     log = out.stdout + out.stderr
-    (work / "torchtitan.log").write_text(log)
+    (work / f"torchtitan-{float8}.log").write_text(log)
     if out.returncode:
         raise RuntimeError(f"torchtitan failed:\n{log[-4000:]}")
     rows = []
@@ -115,7 +121,9 @@ def run_torchtitan(work: Path, data: dict, steps: int) -> dict:
     return {"rows": rows, "wall_s": time.monotonic() - started}
 
 
-def run_lmrepro(work: Path, data: dict, steps: int, name: str, training: dict, parallel: dict) -> dict:
+def run_lmrepro(
+    work: Path, data: dict, steps: int, name: str, training: dict, parallel: dict, env_extra: dict
+) -> dict:
     from lmrepro.config import JobConfig, dump_toml, from_dict
 
     run_dir = work / f"lmrepro_{name}"
@@ -143,7 +151,11 @@ def run_lmrepro(work: Path, data: dict, steps: int, name: str, training: dict, p
     run_dir.mkdir(parents=True)
     toml = run_dir / "train.toml"
     toml.write_text(dump_toml(from_dict(JobConfig, config)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        **env_extra,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     seed = work / "seed-step-0"  # one seed checkpoint shared by every variant (same shape, same seed)
     if not seed.exists():
         subprocess.run(
@@ -166,6 +178,7 @@ def run_lmrepro(work: Path, data: dict, steps: int, name: str, training: dict, p
         "--standalone",
         "--nproc-per-node",
         "1",
+        str(HERE / "lmrepro_train.py"),
         str(REPO / "workflow/scripts/train.py"),
         "--config",
         str(toml),
@@ -198,9 +211,14 @@ def steady(rows: list[dict]) -> dict:
     }
 
 
+# name: (training overrides, parallel overrides, env for lmrepro_train.py)
 VARIANTS = {
-    "base": ({}, {}),
-    "autotune": ({"compile_mode": "max-autotune-no-cudagraphs"}, {}),
+    "base": ({}, {}, {}),  # bf16 autocast, residual stream in bf16 (lmrepro's one-GPU default)
+    "fp32res": ({}, {}, {"LMREPRO_BENCH_RESIDUAL": "fp32"}),  # residual stream in fp32, as torchtitan's 1 GPU
+    "f8tw": ({}, {}, {"LMREPRO_BENCH_RESIDUAL": "fp32", "LMREPRO_BENCH_FLOAT8": "tensorwise"}),
+    "f8row": ({}, {}, {"LMREPRO_BENCH_RESIDUAL": "fp32", "LMREPRO_BENCH_FLOAT8": "rowwise"}),
+    "f8row_bf16res": ({}, {}, {"LMREPRO_BENCH_FLOAT8": "rowwise"}),
+    "autotune": ({"compile_mode": "max-autotune-no-cudagraphs"}, {}, {}),
 }
 
 
@@ -213,6 +231,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--variants", default="base")
     parser.add_argument("--skip-torchtitan", action="store_true")
+    parser.add_argument(
+        "--torchtitan", default="off", help="torchtitan runs: off (bf16), tensorwise, rowwise"
+    )
     args = parser.parse_args()
     import torch
 
@@ -225,30 +246,42 @@ def main() -> None:
         "shape": "Llama-3.2-1B (untied), bf16, local batch 4 x seq 4096, compiled, no AC",
         "runs": {},
     }
-    if not args.skip_torchtitan:
-        tt = run_torchtitan(work, data, args.steps)
-        results["runs"]["torchtitan-0.2.2"] = {
-            **steady(tt["rows"]),
-            "rows": tt["rows"],
-            "wall_s": tt["wall_s"],
-        }
-        Path(args.out).write_text(json.dumps(results, indent=2))
-    for name in args.variants.split(","):
-        training, parallel = VARIANTS[name]
-        lm = run_lmrepro(work, data, args.steps, name, training, parallel)
-        results["runs"][f"lmrepro-{name}"] = {
-            **steady(lm["rows"]),
-            "rows": lm["rows"],
-            "wall_s": lm["wall_s"],
-        }
+    import importlib.metadata as md
+
+    for pkg in ("torchtitan", "torchao"):
+        try:
+            results[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            results[pkg] = None
+    jobs = [] if args.skip_torchtitan else [("tt", f) for f in args.torchtitan.split(",")]
+    jobs += [("lm", v) for v in args.variants.split(",")]
+    order = os.environ.get("LMREPRO_BENCH_ORDER")  # e.g. "tt:off,lm:base,tt:rowwise" to interleave
+    if order:
+        jobs = [tuple(j.split(":")) for j in order.split(",")]
+    for kind, name in jobs:
+        try:
+            if kind == "tt":
+                key = "torchtitan-0.2.2" + ("" if name == "off" else f"-float8-{name}")
+                r = run_torchtitan(work, data, args.steps, name)
+            else:
+                key = f"lmrepro-{name}"
+                training, parallel, env_extra = VARIANTS[name]
+                r = run_lmrepro(work, data, args.steps, name, training, parallel, env_extra)
+            results["runs"][key] = {**steady(r["rows"]), "rows": r["rows"], "wall_s": r["wall_s"]}
+        except Exception as e:  # a failed run is a result too; the others still run
+            results["runs"][key] = {"error": f"{type(e).__name__}: {str(e)[-3000:]}"}
+        print(key, json.dumps({k: v for k, v in results["runs"][key].items() if k != "rows"}), flush=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
     base = results["runs"].get("torchtitan-0.2.2")
     for run in results["runs"].values():
-        if base:
+        if base and "tokens_per_s" in base and "tokens_per_s" in run:
             run["tokens_per_s_vs_torchtitan"] = run["tokens_per_s"] / base["tokens_per_s"]
             run["peak_memory_vs_torchtitan"] = run["peak_memory_gib"] / base["peak_memory_gib"]
     Path(args.out).write_text(json.dumps(results, indent=2))
     for name, run in results["runs"].items():
+        if "tokens_per_s" not in run:
+            print(f"{name:24s} failed")
+            continue
         print(
             f"{name:24s} {run['tokens_per_s']:10.0f} tokens/s  mfu {run['mfu']:.1%}  "
             f"peak {run['peak_memory_gib']:.1f} GiB  ratio {run.get('tokens_per_s_vs_torchtitan', 1):.3f}"

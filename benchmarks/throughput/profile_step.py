@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from lmrepro.config import OptimizerConfig
-from lmrepro.model import llama
+from lmrepro.model import llama, losses
 from lmrepro.model.flavors import model_args
-from lmrepro.train import losses
 from lmrepro.train.optim import build_optimizer, clip_and_step
 from lmrepro.train.parallel import parallelize
 from lmrepro.train.trainer import attention_backend
