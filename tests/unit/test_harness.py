@@ -136,12 +136,9 @@ def test_write_task_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     path = Path(cfg["dataset_kwargs"]["data_files"]["test"])
     assert path.is_absolute() and path == data.resolve()
     assert cfg["task"] == "toy_mc" and cfg["output_type"] == "multiple_choice" and cfg["test_split"] == "test"
-    assert (cfg["doc_to_text"], cfg["doc_to_choice"], cfg["doc_to_target"]) == (
-        "{{ctx}}",
-        "{{endings}}",
-        "{{label}}",
-    )
-    assert cfg["target_delimiter"] == ""
+    assert (cfg["doc_to_text"], cfg["doc_to_target"]) == ("{{ctx}}", "{{label}}")
+    assert "endings" in cfg["doc_to_choice"] and cfg["target_delimiter"] == ""
+    assert "include" not in cfg  # not HellaSwag's schema (no ctx_a/ctx_b): the one-space rule
     assert [m["metric"] for m in cfg["metric_list"]] == ["acc", "acc_norm"]
 
 
@@ -212,7 +209,16 @@ def test_evaluate_feeds_bos_and_matches_manual_scoring(tiny: dict[str, Path], mo
     res = evaluate_multiple_choice(tiny["random"], "toy_mc", tiny["jsonl"], batch_size=5)
 
     assert json.loads(json.dumps(res)) == res
-    assert set(res) == {"task", "kind", "metrics", "num_examples", "lm_eval_version"}
+    assert set(res) == {"task", "kind", "metrics", "num_examples", "lm_eval_version", "lm_eval"}
+    repro = res["lm_eval"]
+    assert (repro["add_bos_token"], repro["batch_size"], repro["dtype"], repro["device"]) == (
+        True,
+        5,
+        "float32",
+        "cpu",
+    )
+    assert repro["task_version"] == 2.0 and len(repro["task_config_sha256"]) == 64
+    assert "add_bos_token=True" in repro["command"] and "--include_path" in repro["command"]
     assert (res["task"], res["kind"], res["num_examples"]) == ("toy_mc", "multiple_choice", N_ROWS)
     assert set(res["metrics"]) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
     assert all(0.0 <= res["metrics"][k] <= 1.0 for k in ("acc", "acc_norm"))
@@ -245,7 +251,8 @@ def test_evaluate_feeds_bos_and_matches_manual_scoring(tiny: dict[str, Path], mo
     assert math.isclose(res["metrics"]["acc"], acc) and math.isclose(res["metrics"]["acc_norm"], acc_norm)
 
     # Deterministic: same inputs, same numbers (different batch size on purpose).
-    assert evaluate_multiple_choice(tiny["random"], "toy_mc", tiny["jsonl"], batch_size=16) == res
+    again = evaluate_multiple_choice(tiny["random"], "toy_mc", tiny["jsonl"], batch_size=16)
+    assert again["metrics"] == res["metrics"] and again["num_examples"] == res["num_examples"]
 
 
 @pytest.mark.slow
@@ -280,3 +287,118 @@ def test_evaluate_uniform_model_oracle(tiny: dict[str, Path], tmp_path: Path) ->
     assert math.isclose(res["metrics"]["acc_norm"], expected_norm / N_ROWS)
     limited = evaluate_multiple_choice(tiny["uniform"], "oracle_mc", data, limit=5)
     assert limited["num_examples"] == 5 and limited["metrics"]["acc"] == 1.0
+
+
+def _record_requests(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(context, continuation) of every loglikelihood request lm-eval scores, in order."""
+    from lm_eval.models.huggingface import HFLM
+
+    seen: list[tuple[str, str]] = []
+    original = HFLM.loglikelihood
+
+    def recording(self, requests, *args, **kwargs):
+        seen.extend(tuple(r.args) for r in requests)
+        return original(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(HFLM, "loglikelihood", recording)
+    return seen
+
+
+@pytest.mark.slow
+def test_local_set_requests_unchanged_and_space_insensitive(tiny, tmp_path, monkeypatch) -> None:
+    """The synthetic default (endings with a leading space) scores exactly what it scored before the
+    one-space rule: context ctx, continuation the ending as given. Without the space: the same requests."""
+    seen = _record_requests(monkeypatch)
+    rows = _random_rows()
+    res = evaluate_multiple_choice(tiny["random"], "toy_mc", tiny["jsonl"], batch_size=8)
+    before_rule = [(r["ctx"], e) for r in rows for e in r["endings"]]  # target_delimiter "" + raw endings
+    assert sorted(seen) == sorted(before_rule) and len(seen) == len(before_rule)
+    stripped = [{**r, "endings": [e[1:] for e in r["endings"]]} for r in rows]
+    seen.clear()
+    res2 = evaluate_multiple_choice(tiny["random"], "toy_mc", _write_jsonl(tmp_path / "ns.jsonl", stripped))
+    assert sorted(seen) == sorted(before_rule)
+    assert res2["metrics"] == res["metrics"]
+
+
+# Real rowanz hellaswag_val.jsonl rows (schema and style; endings carry no leading space).
+HELLASWAG_ROWS = [
+    {
+        "ind": 24,
+        "activity_label": "Roof shingle removal",
+        "ctx_a": "A man is sitting on a roof.",
+        "ctx_b": "he",
+        "ctx": "A man is sitting on a roof. he",
+        "split": "val",
+        "split_type": "indomain",
+        "label": 3,
+        "endings": [
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
+        "source_id": "activitynet~v_-JhWjGDPHMY",
+    },
+    {
+        "ind": 92,
+        "activity_label": "Clean and Jerk",
+        "ctx_a": "A lady walks to a barbell. She bends down and grabs the pole.",
+        "ctx_b": "the lady",
+        "ctx": "A lady walks to a barbell. She bends down and grabs the pole. the lady",
+        "split": "val",
+        "split_type": "zeroshot",
+        "label": 3,
+        "endings": [
+            "swings and lands in her arms.",
+            "pulls the barbell forward.",
+            "pulls a rope attached to the barbell.",
+            "stands and lifts the weight over her head.",
+        ],
+        "source_id": "activitynet~v_-lJS58hyo1c",
+    },
+    {
+        "ind": 4,
+        "activity_label": "Home and Garden",
+        "ctx_a": "[header] How to clean a grill [title] Heat the grill.",
+        "ctx_b": "",
+        "ctx": "[header] How to clean a grill [title] Heat the grill.",
+        "split": "val",
+        "split_type": "indomain",
+        "label": 0,
+        "endings": [
+            "[step] Scrub the grates with a brush.",
+            "Eat the grill.",
+            "[substeps] Paint it blue.",
+            "Sell the house.",
+        ],
+        "source_id": "wikihow~1",
+    },
+]
+
+
+@pytest.mark.slow
+def test_real_format_hellaswag_scored_like_lm_evals_hellaswag(tiny, tmp_path, monkeypatch) -> None:
+    """Fails on the old code (it scored ctx + "" + ending: "...roof. he" + "is using", i.e. "heis using")."""
+    from lm_eval.tasks.hellaswag.utils import preprocess
+
+    data = _write_jsonl(tmp_path / "hellaswag_val.jsonl", HELLASWAG_ROWS)
+    seen = _record_requests(monkeypatch)
+    res = evaluate_multiple_choice(tiny["random"], "hs_local", data, batch_size=4)
+    # lm-eval's hellaswag task: query = preprocess(label + ": " + ctx_a + " " + ctx_b.capitalize()),
+    # continuation = " " + preprocess(ending).
+    expected = [
+        (preprocess(f"{r['activity_label']}: {r['ctx_a']} {r['ctx_b'].capitalize()}"), " " + preprocess(e))
+        for r in HELLASWAG_ROWS
+        for e in r["endings"]
+    ]
+    assert sorted(seen) == sorted(expected) and len(seen) == len(expected)
+    assert (
+        "Roof shingle removal: A man is sitting on a roof. He",
+        " is using wrap to wrap a pair of skis.",
+    ) in seen
+    assert (
+        "Home and Garden: How to clean a grill. Heat the grill.",
+        "  Scrub the grates with a brush.",  # lm-eval's own quirk: "[step] X" -> " X", then " " + " X"
+    ) in seen
+    assert res["num_examples"] == 3 and res["lm_eval"]["hellaswag_preprocessing"] is True
+    assert res["lm_eval"]["task_version"] == 1.0  # hellaswag.yaml's metadata.version

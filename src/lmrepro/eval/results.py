@@ -53,7 +53,9 @@ def evaluate_multiple_choice_task(
     from lmrepro.eval.harness import evaluate_multiple_choice
 
     info = read_json(Path(export_dir) / "export.json")
-    result = evaluate_multiple_choice(Path(export_dir) / "hf", task, jsonl, limit=limit)
+    # The task YAML is kept next to the JSON so that record["lm_eval"]["command"] reruns it with the CLI.
+    task_dir = Path(out).parent / f"{Path(out).stem}.lm_eval_task"
+    result = evaluate_multiple_choice(Path(export_dir) / "hf", task, jsonl, limit=limit, task_dir=task_dir)
     log.info("%s step %d: %s", task, info["step"], result["metrics"])
     record = {
         "run": info.get("run"),
@@ -64,6 +66,7 @@ def evaluate_multiple_choice_task(
         "metrics": result["metrics"],
         "num_examples": result["num_examples"],
         "lm_eval_version": result.get("lm_eval_version"),
+        "lm_eval": result.get("lm_eval"),  # settings + the `lm_eval` command line that reproduces it
         "source": str(export_dir),
         "provenance": provenance(),
     }
