@@ -8,6 +8,7 @@ HF_HOME (the layout offline ``load_dataset("allenai/ai2_arc", "ARC-Easy")`` read
 from __future__ import annotations
 
 import glob
+import importlib.metadata
 import json
 import os
 import random
@@ -206,7 +207,7 @@ def test_builtin_tasks_offline_equal_the_cli(env) -> None:
     assert all(r["num_examples"] == LIMIT for r in results)
     for r in results:
         repro = r["lm_eval"]
-        assert repro["lm_eval_version"].startswith("0.4") and repro["task_version"] is not None
+        assert repro["lm_eval_version"] == importlib.metadata.version("lm_eval")
         assert len(repro["task_config_sha256"]) == 64 and repro["add_bos_token"] is True
         assert (repro["limit"], repro["batch_size"], repro["dtype"], repro["device"]) == (
             LIMIT,
@@ -242,6 +243,7 @@ def test_builtin_tasks_offline_equal_the_cli(env) -> None:
     for t in TASKS:
         assert metrics_of(cli_res["results"][t]) == by_task[t]["metrics"], t
         assert cli_res["n-shot"][t] == by_task[t]["lm_eval"]["n_shot"]
+        assert cli_res["versions"][t] == by_task[t]["lm_eval"]["task_version"], t
 
 
 def test_unknown_and_uncached_tasks_fail_before_scoring(env, monkeypatch) -> None:
