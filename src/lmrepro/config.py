@@ -25,7 +25,7 @@ import tomli_w
 @dataclass
 class ModelConfig:
     flavor: str = "debug"
-    """Named shape from lmrepro.model.flavors (debug, 250M, 870M, 2B, 7B, llama3.2-1B, llama3.1-8B)."""
+    """Named shape from lmrepro.model.flavors: debug, 250M, 870M, 2B, 5B, 7B, 1B, llama3.2-1B, llama3.1-8B."""
     vocab_size: int = -1
     """Filled from the tokenizer by the workflow; the embedding and output layer have this many rows."""
     overrides: dict[str, Any] = field(default_factory=dict)

@@ -239,7 +239,7 @@ def test_bad_args_raise_value_error() -> None:
 
 
 def test_flavors() -> None:
-    assert {"debug", "250M", "870M", "2B", "7B", "llama3.2-1B", "llama3.1-8B"} <= set(FLAVORS)
+    assert {"debug", "250M", "870M", "2B", "5B", "7B", "1B", "llama3.2-1B", "llama3.1-8B"} <= set(FLAVORS)
     assert all(a.vocab_size == -1 for a in FLAVORS.values())
     args = model_args("debug", 1000, max_seq_len=128)
     assert args.vocab_size == 1000 and args.max_seq_len == 128 and args.dim == 128
@@ -301,3 +301,17 @@ def test_meta_params_json_llama31_8b() -> None:
     assert meta_ffn_dim(4096, 256) == 11008
     with pytest.raises(ValueError, match="n_layers"):
         args_from_params_json({"dim": 64, "n_heads": 4})
+
+
+@pytest.mark.parametrize(
+    ("flavor", "non_embedding_millions"),
+    [("250M", 252), ("870M", 872), ("2B", 2040), ("5B", 3500), ("7B", 6980), ("1B", 872)],
+)
+def test_seed_flavors_match_the_seeds_sizes(flavor: str, non_embedding_millions: int) -> None:
+    """gpt-neuro-arch's table (seed-systems.md §1.6) and torchtitan's llama3 1B, within 1%."""
+    args = model_args(flavor, 256)
+    with torch.device("meta"):
+        n = Transformer(args).num_params(exclude_embeddings=True)
+    assert abs(n / 1e6 - non_embedding_millions) / non_embedding_millions < 0.01
+    assert args.rope_theta == (500000.0 if flavor == "1B" else 10000.0)
+    assert args.rope_scaling is None and not args.tie_embeddings

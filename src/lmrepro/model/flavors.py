@@ -20,10 +20,19 @@ FLAVORS: dict[str, ModelArgs] = {
     "debug": ModelArgs(
         dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=512, rope_theta=10000.0
     ),
-    "250M": ModelArgs(dim=1024, n_layers=16, n_heads=16, n_kv_heads=8, ffn_dim=4096),
-    "870M": ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=7168),
-    "2B": ModelArgs(dim=3072, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=11264),
-    "7B": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336),
+    # gpt-neuro-arch's sizes (its torchtitan/models/llama/__init__.py: FFN = 2/3·4·dim·1.3 rounded up to a
+    # multiple of 1024), with the rope_theta its training TOMLs set (10,000; the fork's flavor value 1e6 is
+    # always overridden there by its CLI default, then by the TOMLs).
+    "250M": ModelArgs(dim=1024, n_layers=16, n_heads=16, n_kv_heads=8, ffn_dim=4096, rope_theta=10000.0),
+    "870M": ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=7168, rope_theta=10000.0),
+    "2B": ModelArgs(dim=3072, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=11264, rope_theta=10000.0),
+    "5B": ModelArgs(dim=4096, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=14336, rope_theta=10000.0),
+    "7B": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, rope_theta=10000.0),
+    # torchtitan's llama3 "1B" (torchtitan-mlm trains it as a masked LM): the 870M shape with Llama 3's
+    # rope_theta, no RoPE scaling and an untied output layer; not the Llama-3.2-1B release below.
+    "1B": ModelArgs(
+        dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=7168, rope_theta=_LLAMA3_ROPE_THETA
+    ),
     # Architectures of the released models (max_seq_len as in their HF max_position_embeddings).
     "llama3.2-1B": ModelArgs(
         dim=2048,
