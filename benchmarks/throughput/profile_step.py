@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 from lmrepro.config import OptimizerConfig
 from lmrepro.model import llama, losses
+from lmrepro.model.attention import sdpa_backend as attention_backend
 from lmrepro.model.flavors import model_args
 from lmrepro.train.optim import build_optimizer, clip_and_step
 from lmrepro.train.parallel import parallelize
-from lmrepro.train.trainer import attention_backend
 
 SEQ_LEN, BATCH = 4096, 4
 

@@ -122,8 +122,14 @@ class TrainingConfig:
     """torch.compile each transformer block (fullgraph)."""
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     """torch.compile mode; max-autotune benchmarks Triton matmul templates against cuBLAS (slower start)."""
-    attention_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
-    """SDPA kernel: auto lets PyTorch choose; the others force one backend (an error if it cannot run)."""
+    attention_backend: Literal["auto", "flash", "efficient", "cudnn", "math", "flash_attn"] = "auto"
+    """SDPA kernel: auto lets PyTorch choose; flash/efficient/cudnn/math force one SDPA backend;
+    flash_attn calls the flash-attn package (FA-4 `flash_attn.cute` if installed, else FA-2) on CUDA."""
+    float8: Literal["off", "tensorwise", "rowwise"] = "off"
+    """torchao float8 training of every Linear but the output layer (CUDA, compute capability >= 8.9)."""
+    residual_dtype: Literal["compute", "float32"] = "compute"
+    """Without FSDP (one GPU, autocast): the residual stream in the compute dtype (what FSDP's bf16
+    parameters give on N GPUs) or in float32 (torchtitan's one-GPU numerics)."""
 
 
 @dataclass
@@ -146,6 +152,9 @@ class CheckpointConfig:
     """Save a rolling checkpoint into state/ every this many steps (and at SIGTERM/SIGUSR1)."""
     keep_latest_k: int = 2
     """Rolling checkpoints kept in state/; older ones are deleted once a newer one is complete."""
+    async_save: bool = False
+    """Write rolling checkpoints in a background thread (DCP async_save from pinned CPU copies); the loop
+    waits only for the copy. The segment's final checkpoint is always written synchronously."""
 
 
 @dataclass

@@ -94,3 +94,29 @@ def test_fsdp_two_ranks_match_single_process(tmp_path, tiny_data, reference):
     got = losses(cont)
     for step in range(13, 25):
         assert got[step] == pytest.approx(ref[step], rel=1e-4), step
+
+
+@pytest.mark.parametrize("nproc", [1, 2], ids=["1-process", "fsdp-2-ranks"])
+def test_async_rolling_checkpoints_resume_exactly(tmp_path, tiny_data, reference, nproc):
+    """checkpoint.async_save: the state is copied when saved, written in the background, and completed at
+    the next save; a run killed after one of them resumes from it to the reference's step-24 exactly."""
+    config, step0 = setup_run(
+        tmp_path, tiny_data, "async", training={"steps": 24}, checkpoint={"async_save": True}
+    )
+    final = tmp_path / "async" / "checkpoints" / "step-24"
+    proc = launch(config, step0, final, 24, nproc=nproc)
+    wait_for_checkpoint(tmp_path / "async" / "state" / "checkpoints" / "step-8", proc)
+    kill_tree(proc)
+    assert not final.exists()
+    out = train(config, step0, final, 24, nproc=nproc)
+    assert "staged in" in out and "written in the background" in out  # the async path ran
+    resumed_at = int(out.split("resuming from rolling checkpoint")[1].split("(step ")[1].split(")")[0])
+    assert 8 <= resumed_at < 24
+    got, ref = losses(final), losses(reference)
+    if nproc == 1:
+        assert got[24] == ref[24]
+        ref_w, got_w = weights(reference), weights(final)
+        assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
+    else:
+        assert got[24] == pytest.approx(ref[24], rel=1e-4)
+    assert not list((tmp_path / "async" / "state" / "checkpoints").glob(".*"))  # no partial folder left

@@ -77,6 +77,54 @@ def save(
     extra_files (name → text) are written into the folder before it appears, e.g. the segment's metrics.
     """
     path = Path(path)
+    tmp = _begin(path)
+    state = _state(model, optimizer, train_state)
+    dcp.save(state, checkpoint_id=str(tmp))
+    return _complete(tmp, path, sorted(state), info, extra_files)
+
+
+class PendingSave:
+    """A checkpoint that DCP ``async_save`` is writing in a background thread from CPU copies of the state;
+    :meth:`finish` (every rank) waits for the writes, then makes the folder complete like :func:`save`."""
+
+    def __init__(self, path: Path, tmp: Path, contents: list[str], info: dict, future) -> None:
+        self.path, self.tmp, self.contents, self.info, self.future = path, tmp, contents, info, future
+
+    def finish(self) -> dict:
+        self.future.result()  # re-raises a failed write
+        return _complete(self.tmp, self.path, self.contents, self.info, None)
+
+
+def save_async(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    train_state: dict,
+    info: dict,
+    stager,
+    process_group: dist.ProcessGroup | None = None,
+) -> PendingSave:
+    """Like :func:`save`, but returns once ``stager`` has copied the state to CPU (pinned memory on CUDA);
+    the files are written in a background thread. ``process_group`` needs a CPU backend (gloo)."""
+    path = Path(path)
+    tmp = _begin(path)
+    state = _state(model, optimizer, train_state)
+    future = dcp.async_save(state, checkpoint_id=str(tmp), async_stager=stager, process_group=process_group)
+    return PendingSave(path, tmp, sorted(state), info, future)
+
+
+def default_stager(device: torch.device):
+    """DCP's stager with page-locked buffers reused across saves on CUDA (plain CPU copies otherwise)."""
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    cuda = device.type == "cuda"
+    options = StagingOptions(
+        use_pinned_memory=cuda, use_shared_memory=False, use_async_staging=False, use_non_blocking_copy=cuda
+    )
+    return DefaultStager(options)
+
+
+def _begin(path: Path) -> Path:
     if path.exists():
         raise FileExistsError(f"checkpoint {path} already exists; refusing to overwrite it")
     tmp = partial_path(path)
@@ -84,13 +132,18 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
+    return tmp
+
+
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None, train_state: dict) -> dict:
     if optimizer is None:
-        state = {"model": get_model_state_dict(model), "train": train_state}
-    else:
-        msd, osd = get_state_dict(model, optimizer)
-        state = {"model": msd, "optimizer": osd, "train": train_state}
-    dcp.save(state, checkpoint_id=str(tmp))
-    info = {**info, "checkpoint_id": uuid.uuid4().hex, "contents": sorted(state), "provenance": provenance()}
+        return {"model": get_model_state_dict(model), "train": train_state}
+    msd, osd = get_state_dict(model, optimizer)
+    return {"model": msd, "optimizer": osd, "train": train_state}
+
+
+def _complete(tmp: Path, path: Path, contents: list[str], info: dict, extra_files: dict | None) -> dict:
+    info = {**info, "checkpoint_id": uuid.uuid4().hex, "contents": contents, "provenance": provenance()}
     if dist.is_initialized():
         box = [info]
         dist.broadcast_object_list(box, src=0)

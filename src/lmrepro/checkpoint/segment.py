@@ -65,6 +65,9 @@ class SegmentCheckpointer:
         self.start_step: int = start["step"]
         self.origin: str = start["checkpoint_id"]  # the lineage of every checkpoint this segment writes
         self.config_sha = config_sha256(job)
+        self.process_group: dist.ProcessGroup | None = None  # async saves: a group with a CPU backend
+        self._pending: dcp.PendingSave | None = None
+        self._stager = None
         if not self.start_step < until_step <= job.training.steps:
             raise ValueError(
                 f"segment {self.start_step} → {until_step} is not within the run's training.steps = "
@@ -112,13 +115,48 @@ class SegmentCheckpointer:
         return path
 
     def save_rolling(self, model: nn.Module, optimizer, train_state: dict, info: dict) -> None:
+        """A rolling checkpoint into state/; with checkpoint.async_save the loop waits for the CPU copy
+        only, and the checkpoint becomes complete (meta.json, rename, purge) at the next save or at wait()."""
+        self.wait()
         started = time.monotonic()
-        dcp.save(self.rolling_dir / f"step-{info['step']}", model, optimizer, train_state, info)
+        path = self.rolling_dir / f"step-{info['step']}"
+        if not self.job.checkpoint.async_save:
+            dcp.save(path, model, optimizer, train_state, info)
+            dcp.purge_old(self.rolling_dir, self.job.checkpoint.keep_latest_k)
+            elapsed = time.monotonic() - started
+            log.info("rolling checkpoint at step %d saved in %.2f s", info["step"], elapsed)
+            return
+        if self._stager is None:
+            self._stager = dcp.default_stager(next(model.parameters()).device)
+        self._pending = dcp.save_async(
+            path, model, optimizer, train_state, info, self._stager, self.process_group
+        )
+        log.info(
+            "rolling checkpoint at step %d staged in %.2f s (written in the background)",
+            info["step"],
+            time.monotonic() - started,
+        )
+
+    def wait(self) -> None:
+        """Complete the rolling checkpoint being written in the background, if any (every rank calls)."""
+        if self._pending is None:
+            return
+        started = time.monotonic()
+        pending, self._pending = self._pending, None
+        pending.finish()
         dcp.purge_old(self.rolling_dir, self.job.checkpoint.keep_latest_k)
-        log.info("rolling checkpoint at step %d saved in %.2f s", info["step"], time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        log.info("rolling checkpoint %s complete (waited %.2f s)", pending.path.name, elapsed)
+
+    def close(self) -> None:
+        self.wait()
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
 
     def save_final(self, model: nn.Module, optimizer, train_state: dict, info: dict) -> None:
         """The declared step-N, with this segment's rows of state/metrics.jsonl as its metrics.jsonl."""
+        self.wait()
         # Only rank 0 writes metrics.jsonl and the extra files; other ranks must not read it mid-append.
         metrics = self.state_dir / "metrics.jsonl"
         rows = segment_rows(metrics, self.origin, self.start_step + 1, info["step"]) if _rank() == 0 else []

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmrepro.model.attention import AttentionKernel
 from lmrepro.model.losses import linear_cross_entropy
 
 
@@ -206,6 +207,8 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, kv_dim, bias=False)
         self.wv = nn.Linear(args.dim, kv_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        # None: PyTorch SDPA; else a kernel taking [b, s, heads, hd] with grouped k/v (model/attention.py)
+        self.kernel: AttentionKernel | None = None
 
     def init_weights(self, out_std: float) -> None:
         for linear in (self.wq, self.wk, self.wv):
@@ -219,6 +222,9 @@ class Attention(nn.Module):
         xk = self.wk(x).view(bsz, seqlen, -1, self.head_dim)  # [b, s, hkv, hd]
         xv = self.wv(x).view(bsz, seqlen, -1, self.head_dim)  # [b, s, hkv, hd]
         xq, xk = apply_rotary_emb(xq, xk, freqs_cis)
+        if self.kernel is not None:  # flash-attn: grouped k/v and [b, s, h, hd] as they are
+            out = self.kernel(xq, xk, xv, self.causal)  # [b, s, hq, hd]
+            return self.wo(out.reshape(bsz, seqlen, -1))
 
         n_rep = xq.shape[2] // xk.shape[2]
         xk = repeat_kv(xk, n_rep)  # [b, s, hq, hd]
@@ -292,6 +298,9 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         # Non-persistent: derived from args, so it never lands in (or is expected from) a checkpoint.
         self.register_buffer("freqs_cis", self._precompute_freqs_cis(), persistent=False)
+        # Under autocast without FSDP: False casts the embedding output to the compute dtype (below);
+        # True keeps the residual stream in fp32, as torchtitan's one-GPU path (training.residual_dtype).
+        self.residual_fp32 = False
         if self.tok_embeddings.weight.device.type != "meta":
             self.init_weights()
 
@@ -335,7 +344,7 @@ class Transformer(nn.Module):
                 "use model.bfloat16()/half() or mixed precision, which keep it complex64"
             )
         h = self.tok_embeddings(tokens)  # [b, s, dim]
-        if torch.is_autocast_enabled(h.device.type):
+        if torch.is_autocast_enabled(h.device.type) and not self.residual_fp32:
             # The residual stream in the compute dtype, as under FSDP's mixed precision (whose bf16
             # embedding table yields bf16 hidden states), so one GPU computes what N GPUs compute; autocast
             # alone would keep it fp32 (the embedding lookup is no autocast op), doubling the bytes of
@@ -347,6 +356,11 @@ class Transformer(nn.Module):
         if targets is not None:
             return linear_cross_entropy(h.flatten(0, 1), self.output.weight, targets.flatten())
         return self.output(h)  # [b, s, vocab]
+
+    def set_attention_kernel(self, kernel: AttentionKernel | None) -> None:
+        """Run every layer's attention through ``kernel`` (None: PyTorch SDPA)."""
+        for layer in self.layers.values():
+            layer.attention.kernel = kernel
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Unique parameter count; ``exclude_embeddings`` drops the token-embedding table.

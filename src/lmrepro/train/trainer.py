@@ -30,8 +30,10 @@ from lmrepro.checkpoint.segment import SegmentCheckpointer, checkpoint_info
 from lmrepro.config import JobConfig, to_dict
 from lmrepro.data.loader import build_loader
 from lmrepro.data.prefetch import initial_data_state
+from lmrepro.model.attention import flash_attn_kernel, flash_attn_version, sdpa_backend
 from lmrepro.model.llama import Transformer, flops_per_token
 from lmrepro.train import metrics as metrics_lib
+from lmrepro.train.float8 import apply_float8
 from lmrepro.train.layout import Layout, checked_model_args, plan_layout
 from lmrepro.train.optim import build_optimizer, clip_and_step, set_lr
 from lmrepro.train.parallel import ParallelDims, build_mesh, dp_mesh, dp_rank_and_size, parallelize
@@ -100,6 +102,10 @@ class Trainer:
         nccl = dist.is_initialized() and dist.get_backend() == "nccl"
         self._host_group = dist.new_group(backend="gloo") if nccl else None
         self.rank = dist.get_rank() if dist.is_initialized() else 0
+        if dist.is_initialized() and self.job.checkpoint.async_save:
+            # The background writer's collectives get a gloo group of their own: on the training group
+            # they would interleave with FSDP's collectives in another order on each rank.
+            self.checkpointer.process_group = dist.new_group(backend="gloo")
         self.mesh = build_mesh(self.dims, self.device.type)
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
@@ -115,6 +121,7 @@ class Trainer:
         self.model_args = self.layout.model_args
         with torch.device("meta"):
             self.model = Transformer(self.model_args)
+        self._set_numerics(job.training)
         self.loss_parallel = self.dims.tp > 1 and job.parallel.loss_parallel
         parallelize(
             self.model,
@@ -146,6 +153,17 @@ class Trainer:
         )
         self.flops_per_token = flops_per_token(self.model_args, seq_len)
         self.peak_flops = metrics_lib.peak_flops_per_device(self.device)
+
+    def _set_numerics(self, training) -> None:
+        """float8 Linears, the attention kernel and the one-GPU residual dtype, on the meta model before
+        compile and FSDP; a setting this machine cannot run is a one-line ValueError naming its key."""
+        self.model.residual_fp32 = training.residual_dtype == "float32"
+        converted = apply_float8(self.model, training.float8, self.device)
+        if converted:
+            log.info("float8 %s: %d Linear layers converted (torchao)", training.float8, converted)
+        if training.attention_backend == "flash_attn":
+            self.model.set_attention_kernel(flash_attn_kernel(self.device))
+            log.info("attention: the flash-attn package (%s)", flash_attn_version())
 
     def _load(self) -> None:
         template = self._train_state()  # streaming: the data template names the checkpoint's stream keys
@@ -192,7 +210,7 @@ class Trainer:
         """Mean token loss of one micro-batch, backpropagated with the accumulation scale."""
         # FSDP casts parameters itself (MixedPrecisionPolicy); without FSDP, autocast does it.
         autocast = self.compute_dtype != torch.float32 and not self.fsdp
-        with self._loss_context(), attention_backend(self.job.training.attention_backend):
+        with self._loss_context(), sdpa_backend(self.job.training.attention_backend):
             with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
                 if self.loss_parallel:  # logits stay vocabulary-sharded DTensors [micro, seq, vocab / tp]
                     logits = self.model(inputs)
@@ -302,6 +320,7 @@ class Trainer:
                     break
                 if self._stop_requested():
                     self.save_rolling()
+                    self.checkpointer.wait()
                     log.warning("stopping at step %d after a signal; a retry resumes from state/", self.step)
                     return EXIT_PREEMPTED
                 if self.step % job.checkpoint.interval_steps == 0:
@@ -309,23 +328,9 @@ class Trainer:
             self.save_final()
             return 0
         finally:
+            self.checkpointer.close()  # a rolling checkpoint still being written completes first
             writer.close()
             self.loader.close()
-
-
-def attention_backend(name: str):
-    """Force one SDPA kernel, or let PyTorch choose (auto)."""
-    if name == "auto":
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backends = {
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-        "math": SDPBackend.MATH,
-    }
-    return sdpa_kernel(backends[name])
 
 
 def run_segment(job: JobConfig, resume_from: Path, save_to: Path, until_step: int) -> int:
