@@ -18,12 +18,12 @@ headline)
   ;;
 seeds)
   python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu 2>&1 | tail -15 | tee "$OUT/pytest-gpu.txt"
-  LMREPRO_BENCH_ORDER=tt:off,lm:fp32res python3 $B --shape neuro-250M --out "$OUT/results-neuro-250M.json" --steps 30 2>&1 | tail -3
-  LMREPRO_BENCH_ORDER=tt:off,lm:fp32res python3 $B --shape mlm-1B --out "$OUT/results-mlm-1B.json" --steps 30 2>&1 | tail -3
-  LMREPRO_BENCH_ORDER=lm:ckpt_sync,lm:ckpt_async python3 $B --out "$OUT/results-checkpoint.json" --steps 30 2>&1 | tail -3
+  LMREPRO_BENCH_ORDER=tt:off,lm:fp32res python3 $B --shape neuro-250M --out "$OUT/results-neuro-250M.json" --steps 20 2>&1 | tail -3
+  LMREPRO_BENCH_ORDER=tt:off,lm:fp32res python3 $B --shape mlm-1B --out "$OUT/results-mlm-1B.json" --steps 20 2>&1 | tail -3
   ;;
 loss)
-  LMREPRO_BENCH_ORDER=lm:loss_bf16,lm:loss_f8tw,lm:loss_f8row python3 $B --out "$OUT/results-loss.json" --steps "${2:-200}" 2>&1 | tail -4
+  LMREPRO_BENCH_ORDER=lm:ckpt_sync,lm:ckpt_async python3 $B --out "$OUT/results-checkpoint.json" --steps 30 2>&1 | tail -3
+  LMREPRO_BENCH_ORDER=${LOSS_ORDER:-lm:loss_bf16,lm:loss_f8tw,lm:loss_f8row} python3 $B --out "$OUT/results-loss.json" --steps "${2:-200}" 2>&1 | tail -4
   ;;
 esac
 ls -la "$OUT"
