@@ -90,6 +90,9 @@ class OptimizerConfig:
     weight_decay: float = 0.1
     grad_clip_norm: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
+    weight_decay_params: Literal["matrices", "all"] = "matrices"
+    """Which parameters weight decay applies to: matrices (>= 2-D; norms and biases exempt, as Llama,
+    nanoGPT and Hugging Face recipes) or all (the torchtitan forks decay every parameter)."""
 
 
 @dataclass
@@ -101,6 +104,9 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.1
     decay_fraction: float = 0.2
     """wsd only: the fraction of all steps spent decaying."""
+    formula: Literal["lmrepro", "torchtitan", "nanogpt", "neox"] = "lmrepro"
+    """How steps map onto warmup and decay: lmrepro's, or a seed's (train/schedule.py), so that the
+    learning rate equals the seed's at every step."""
 
 
 @dataclass

@@ -51,3 +51,19 @@ def test_clipping_changes_the_update_and_zero_disables_it() -> None:
 
     assert float(step(1.0)) == pytest.approx(1.0, rel=1e-4)
     assert float(step(0.0)) > 100  # no clipping: the raw norm (~10 × sqrt(#params))
+
+
+def test_weight_decay_params_all_decays_norms_too():
+    """optimizer.weight_decay_params: matrices exempts the 1-D norms (default); all decays every parameter
+    (the torchtitan forks)."""
+    from torch import nn
+
+    from lmrepro.config import OptimizerConfig
+    from lmrepro.train.optim import build_optimizer
+
+    model = nn.Sequential(nn.Linear(4, 4, bias=True), nn.LayerNorm(4))
+    default = build_optimizer(model, OptimizerConfig(weight_decay=0.1))
+    assert [len(g["params"]) for g in default.param_groups] == [1, 3]  # weight | bias, norm weight, norm bias
+    assert [g["weight_decay"] for g in default.param_groups] == [0.1, 0.0]
+    every = build_optimizer(model, OptimizerConfig(weight_decay=0.1, weight_decay_params="all"))
+    assert len(every.param_groups[0]["params"]) == 4 and every.param_groups[1]["params"] == []

@@ -128,3 +128,82 @@ def test_unknown_decay_raises() -> None:
     assert lr_at(WARMUP, PEAK, TOTAL, bad) == pytest.approx(PEAK)  # warmup does not look at decay
     with pytest.raises(ValueError, match="schedule.decay = 'exp'"):
         lr_at(WARMUP + 1, PEAK, TOTAL, bad)
+
+
+# ---------------------------------------------------------------- the seeds' formulas, step for step
+
+
+def scheduler_lrs(make_scheduler, total: int, peak: float) -> list[float]:
+    """The lr each optimizer step of a torch LambdaLR-style scheduler trains with (read before step())."""
+    import torch
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    scheduler = make_scheduler(opt)
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    return out
+
+
+@pytest.mark.parametrize(("decay", "hf_name"), [("linear", "linear"), ("cosine", "cosine")])
+def test_neox_formula_equals_hugging_face_schedulers(decay, hf_name):
+    """llm-pytorch trains with transformers' get_scheduler(linear|cosine, warmup, total): equal every step."""
+    from transformers import get_scheduler
+
+    total, warmup, peak = 50, 7, 5e-5
+
+    def make(opt):
+        return get_scheduler(hf_name, opt, num_warmup_steps=warmup, num_training_steps=total)
+
+    expected = scheduler_lrs(make, total, peak)
+    schedule = ScheduleConfig(warmup_steps=warmup, decay=decay, min_lr_ratio=0.0, formula="neox")
+    assert lrs(schedule, total, peak) == pytest.approx(expected, rel=1e-12, abs=1e-18)
+    assert lrs(schedule, total, peak)[0] == 0.0  # the first step trains at lr 0, as the seed's
+
+
+def test_torchtitan_formula_equals_its_lambdalr():
+    """The eminorhan forks' linear_warmup_linear_decay under LambdaLR, written from its definition:
+    warmup (x + 1)/(w + 1) for x < w, then 1 - (x - w)/(S - w) at the 0-based step x."""
+    import torch
+
+    total, warmup, peak = 30, 4, 3e-4
+
+    def factor(x: int) -> float:
+        if x < warmup:
+            return (x + 1) / (warmup + 1)
+        return 1 - (x - warmup) / (total - warmup)
+
+    expected = scheduler_lrs(lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor), total, peak)
+    schedule = ScheduleConfig(warmup_steps=warmup, decay="linear", min_lr_ratio=0.0, formula="torchtitan")
+    got = lrs(schedule, total, peak)
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert got[0] == pytest.approx(peak / 5) and got[3] == pytest.approx(peak * 4 / 5)  # s = 1, s = w
+    assert got[4] == pytest.approx(peak)  # s = w + 1: the peak, one step later than lmrepro's
+    assert got[-1] == pytest.approx(peak / (total - warmup))  # never reaches 0
+
+
+def test_nanogpt_formula_is_build_nanogpt_get_lr():
+    """training-custom-llama: max 1.8e-3, min 0.1 x max, warmup 715, 19,073 steps (get_lr(it), it 0-based)."""
+    peak, warmup, total = 1.8e-3, 715, 19073
+    schedule = ScheduleConfig(warmup_steps=warmup, decay="cosine", min_lr_ratio=0.1, formula="nanogpt")
+
+    def get_lr(it: int) -> float:
+        if it < warmup:
+            return peak * (it + 1) / warmup
+        ratio = (it - warmup) / (total - warmup)
+        return 0.1 * peak + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (peak - 0.1 * peak)
+
+    for step in (1, 2, 715, 716, 717, 10000, 19072, 19073):
+        assert lr_at(step, peak, total, schedule) == pytest.approx(get_lr(step - 1), rel=1e-12), step
+    assert lr_at(716, peak, total, schedule) == pytest.approx(peak)
+
+
+def test_lmrepro_formula_unchanged_and_unknown_formula_named():
+    schedule = sched("linear")
+    assert schedule.formula == "lmrepro"
+    assert lr_at(WARMUP, PEAK, TOTAL, schedule) == PEAK
+    assert lr_at(TOTAL, PEAK, TOTAL, schedule) == pytest.approx(0.1 * PEAK, rel=1e-12)
+    with pytest.raises(ValueError, match=r"^schedule\.formula = 'titan'; valid: lmrepro, torchtitan"):
+        lr_at(20, PEAK, TOTAL, sched("linear", formula="titan"))

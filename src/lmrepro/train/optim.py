@@ -9,14 +9,16 @@ from lmrepro.config import OptimizerConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """AdamW; norms (1-D weights) get no weight decay, as in Llama/OLMo training recipes.
+    """AdamW; with ``weight_decay_params = "matrices"`` norms and biases (1-D) get no weight decay, as in
+    Llama/OLMo training recipes; ``"all"`` decays every parameter, as the torchtitan forks do.
 
     fused=True (CUDA) runs one kernel for all parameters; foreach otherwise (works on every backend).
     """
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
+            decays = param.ndim >= 2 or cfg.weight_decay_params == "all"
+            (decay if decays else no_decay).append(param)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
