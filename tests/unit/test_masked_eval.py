@@ -52,3 +52,25 @@ def test_masked_eval_matches_a_hand_computation(stream: TokenStream) -> None:
     again = masked_heldout_loss(model, stream, seq_len=SEQ, max_tokens=10 * SEQ, masking=masking)
     assert again["num_tokens"] == got["num_tokens"] and again["baseline_accuracy"] == got["baseline_accuracy"]
     assert again["loss"] == pytest.approx(got["loss"], rel=1e-6)
+
+
+def test_pseudo_perplexity_masks_one_token_at_a_time(stream: TokenStream) -> None:
+    from lmrepro.eval.loss import pseudo_perplexity
+
+    model = build(tiny_args(causal=False))
+    model.eval()
+    masking = MaskingConfig(mask_ratio=0.3, mask_token_id=2, vocab_size=model.args.vocab_size, never_mask_ids=(0, 1))
+    got = pseudo_perplexity(model, stream, seq_len=SEQ, num_tokens=20, masking=masking, batch_sequences=7)
+    assert got["num_tokens"] == 20
+    window = torch.from_numpy(stream.window(0, SEQ)).clone()
+    positions = [p for p in range(SEQ) if int(window[p]) not in (0, 1)]
+    nll = []
+    for w in range(2):  # 20 maskable positions span the first two windows here
+        window = torch.from_numpy(stream.window(w * SEQ, SEQ)).clone()
+        for p in [p for p in range(SEQ) if int(window[p]) not in (0, 1)]:
+            masked = window.clone()
+            masked[p] = 2
+            with torch.no_grad():
+                nll.append(float(F.cross_entropy(model(masked[None])[0, p][None], window[p][None])))
+    assert len(positions) < 20 <= len(nll)
+    assert got["pseudo_nll"] == pytest.approx(sum(nll[:20]) / 20, rel=1e-5)

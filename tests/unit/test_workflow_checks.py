@@ -113,7 +113,9 @@ def test_schema_fills_defaults(config: dict) -> None:
     del config["evals"]["heldout"]["max_tokens"]
     validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
     assert config["evals"]["heldout"]["max_tokens"] == 32768
+    assert config["evals"]["heldout"]["pseudo_perplexity_tokens"] == 0  # MLM runs only, when asked
     assert "max_tokens" not in config["evals"]["synthetic_mc"]  # multiple_choice has no token budget
+    assert "pseudo_perplexity_tokens" not in config["evals"]["synthetic_mc"]
     assert config["runs"]["tiny"]["export_dtype"] == "float32"
     assert config["bases"]["b"]["vocab"] == "keep"
 

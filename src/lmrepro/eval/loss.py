@@ -107,3 +107,42 @@ def masked_heldout_loss(
         "num_tokens": num_masked,
         "num_input_tokens": num_windows * seq_len,
     }
+
+
+@torch.no_grad()
+def pseudo_perplexity(
+    model: Transformer,
+    stream: TokenStream,
+    *,
+    seq_len: int,
+    num_tokens: int,
+    masking: MaskingConfig,
+    batch_sequences: int = 16,
+) -> dict:
+    """Pseudo-perplexity (Salazar et al. 2020) of a masked LM over a small sample: exp of the mean of
+    -log p(token | its window with that one token masked), over the first `num_tokens` maskable positions
+    of the stream's consecutive windows of seq_len tokens. No randomness: every checkpoint scores the same
+    positions. One forward per scored token (batched), hence a small sample.
+    """
+    never = torch.tensor(masking.never_mask_ids, dtype=torch.int64)
+    device = next(model.parameters()).device
+    positions: list[tuple[int, int]] = []  # (window, position in it)
+    for w in range(len(stream) // seq_len):
+        window = torch.from_numpy(stream.window(w * seq_len, seq_len))
+        positions += [(w, int(p)) for p in torch.nonzero(~torch.isin(window, never)).flatten()]
+        if len(positions) >= num_tokens:
+            break
+    positions = positions[:num_tokens]
+    if not positions:
+        raise ValueError(f"{stream.index_path}: no maskable token for pseudo-perplexity")
+    total = 0.0
+    for first in range(0, len(positions), batch_sequences):
+        chunk = positions[first : first + batch_sequences]
+        rows = torch.stack([torch.from_numpy(stream.window(w * seq_len, seq_len)) for w, _ in chunk])
+        at = torch.tensor([p for _, p in chunk])
+        targets = rows[torch.arange(len(chunk)), at].clone()
+        rows[torch.arange(len(chunk)), at] = masking.mask_token_id
+        logits = model(rows.to(device))[torch.arange(len(chunk)), at.to(device)].float()  # [n, vocab]
+        total += float(F.cross_entropy(logits, targets.to(device), reduction="sum"))
+    mean = total / len(positions)
+    return {"pseudo_perplexity": math.exp(mean), "pseudo_nll": mean, "num_tokens": len(positions)}

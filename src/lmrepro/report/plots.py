@@ -203,6 +203,8 @@ def plot_eval_accuracy(
                 ax.axhline(chance, color="0.3", ls="--", lw=1, label=f"chance ({chance:g})")
         if not masked.empty:
             _plot_masked(ax, masked, styles)
+            mc_label = f"multiple choice: {metric} ± 1 stderr; " if has_mc else ""
+            ax.set_ylabel(f"accuracy ({mc_label}masked tokens)")
         ax.set_ylim(0, 1)
         ax.legend(fontsize="small")
         return _save(fig, out_base)
