@@ -63,7 +63,10 @@ SHAPES = {
         "multiple_of=1024, rope_theta=500000",
         causal=False,
     ),
-    "debug": Shape("debug", {"max_seq_len": 256}, 256, 2, "none", 512, "", training={"dtype": "float32", "compile": False}),
+    "debug": Shape(
+        "debug", {"max_seq_len": 256}, 256, 2, "none", 512, "",
+        training={"dtype": "float32", "compile": False},
+    ),
 }  # fmt: skip
 
 # torchtitan 0.2.2 with the shape registered as flavor "bench"; a bidirectional shape gets SDPA without the

@@ -159,7 +159,7 @@ def build(opts: set[str], knobs: dict):
     torch._inductor.config.coordinate_descent_tuning = knobs.get("coordinate_descent_tuning", False)
     torch._inductor.config.combo_kernels = knobs.get("combo_kernels", False)
     losses.linear_cross_entropy.__kwdefaults__ = None
-    losses.linear_cross_entropy.__defaults__ = (knobs.get("chunk_tokens", 4096),)
+    losses.linear_cross_entropy.__defaults__ = (knobs.get("chunk_tokens", 4096), None)
     args = model_args("llama3.2-1B", 128256, tie_embeddings=False, max_seq_len=SEQ_LEN)
     torch.manual_seed(0)
     with torch.device("meta"):

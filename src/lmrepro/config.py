@@ -110,6 +110,24 @@ class ScheduleConfig:
 
 
 @dataclass
+class MLMConfig:
+    """Masked language modelling (training.objective = "mlm"; the torchtitan-mlm seed)."""
+
+    mask_ratio: float = 0.3
+    """Probability that a maskable token is selected (independently per token); 0 < ratio < 1."""
+    mask_token: str | int = "<|reserved_special_token_100|>"
+    """The token that replaces selected tokens: a token string of the run's tokenizer or an id."""
+    replacement: Literal["all_mask", "80_10_10"] = "all_mask"
+    """all_mask: every selected token becomes the mask token (the seed); 80_10_10: mask / random / keep."""
+    never_mask_tokens: list[str | int] = field(default_factory=lambda: ["bos", "eos", "pad"])
+    """Tokens never selected: token strings or ids; "bos", "eos", "pad" name the tokenizer's own."""
+    mask_token_id: int = -1
+    """Set by the workflow: the id of mask_token in the run's tokenizer."""
+    never_mask_ids: list[int] = field(default_factory=list)
+    """Set by the workflow: the ids of never_mask_tokens (those the tokenizer has)."""
+
+
+@dataclass
 class TrainingConfig:
     steps: int = 100
     """Total optimizer steps of the run (all segments together)."""
@@ -136,6 +154,11 @@ class TrainingConfig:
     residual_dtype: Literal["compute", "float32"] = "compute"
     """Without FSDP (one GPU, autocast): the residual stream in the compute dtype (what FSDP's bf16
     parameters give on N GPUs) or in float32 (torchtitan's one-GPU numerics)."""
+    objective: Literal["causal", "mlm"] = "causal"
+    """causal: next-token loss with causal attention; mlm: masked-token loss, needs model.overrides.causal
+    = false (bidirectional attention)."""
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+    """Masking settings of objective = "mlm" (ignored otherwise)."""
 
 
 @dataclass
@@ -280,6 +303,31 @@ def validate(job: JobConfig) -> None:
             f"data.seq_len = {job.data.seq_len}"
         )
     _validate_data(job.data, job.training.global_batch_tokens // job.data.seq_len)
+    check_objective(job.training.objective, job.model.overrides.get("causal", True), job.training.mlm)
+
+
+def check_objective(objective: str, causal: Any, mlm: MLMConfig) -> None:
+    """training.objective against the attention (model.overrides.causal) and the MLM settings.
+
+    A bidirectional model under the shifted next-token loss sees its targets (the loss collapses), and
+    an MLM with causal attention cannot see the context right of a mask: both are refused.
+    """
+    if objective == "causal" and causal is False:
+        raise ValueError(
+            "model.overrides.causal = false (bidirectional attention) needs training.objective = 'mlm'; "
+            "with the next-token loss the model would see its targets"
+        )
+    if objective == "mlm" and causal is not False:
+        raise ValueError(
+            "training.objective = 'mlm' needs model.overrides.causal = false (bidirectional attention)"
+        )
+    if objective != "mlm":
+        return
+    r = mlm.mask_ratio
+    if not (0.0 < r < 1.0):  # NaN fails too
+        raise ValueError(f"training.mlm.mask_ratio must be a number with 0 < ratio < 1, got {r!r}")
+    if isinstance(mlm.mask_token, str) and not mlm.mask_token:
+        raise ValueError("training.mlm.mask_token must be a token string or an id, got ''")
 
 
 def _validate_data(data: DataConfig, global_batch_sequences: int) -> None:

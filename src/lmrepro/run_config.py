@@ -16,6 +16,7 @@ from lmrepro.workflow import (
     run_datasets,
     run_fixed_values,
     tokenizer_file,
+    tokenizer_mlm_ids,
     train_shards_dir,
 )
 
@@ -36,8 +37,16 @@ def run_data(settings: dict) -> dict[str, dict]:
 
 
 def render_run_config(run: str, settings: dict) -> JobConfig:
-    vocab_size = load_tokenizer(tokenizer_file(settings["tokenizer"])).vocab_size
-    fixed = run_fixed_values(run, settings, vocab_size=vocab_size, data=run_data(settings))
+    tokenizer = load_tokenizer(tokenizer_file(settings["tokenizer"]))
+    fixed = run_fixed_values(run, settings, vocab_size=tokenizer.vocab_size, data=run_data(settings))
+    job = render_job_config(settings["preset"], settings.get("overrides", {}), fixed)
+    if job.training.objective != "mlm":
+        return job
+    # the mask token and never-masked tokens as ids of the run's tokenizer, now that it exists
+    mlm_ids = tokenizer_mlm_ids(job.training.mlm, tokenizer)
+    fixed = run_fixed_values(
+        run, settings, vocab_size=tokenizer.vocab_size, data=run_data(settings), mlm_ids=mlm_ids
+    )
     return render_job_config(settings["preset"], settings.get("overrides", {}), fixed)
 
 

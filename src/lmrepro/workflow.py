@@ -85,6 +85,8 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
             )
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"{where}: {e}") from None
+        if job.training.objective == "mlm":
+            _check_mlm_run(run, spec, job, config, root)
         if "init" in spec:
             _require(bases, spec["init"], f"{where}.init", "base")
             _check_run_base(run, spec, job, config, base_args[spec["init"]])
@@ -97,8 +99,12 @@ def run_fixed_values(
     *,
     data: dict[str, dict] | None = None,
     root: str | Path = ".",
+    mlm_ids: dict | None = None,
 ) -> dict:
     """Trainer keys the workflow sets itself from config.yaml and the produced files.
+
+    training.mlm.mask_token_id / never_mask_ids: `mlm_ids` (lmrepro.data.masking.mlm_token_ids of the run's
+    tokenizer); absent, the dataclass defaults (-1, []), which an MLM trainer refuses.
 
     data.sources: one table per training dataset, named as in config.yaml, with its weight and `data[name]`
     ({"index": …} in shards mode, {"files": […], "text_key": …} in streaming mode; from the render step,
@@ -118,8 +124,55 @@ def run_fixed_values(
         "run_dir": run_dir(run),
         "model": {"vocab_size": vocab_size},
         "data": fixed_data,
-        "training": {"steps": spec["steps"]},
+        "training": {"steps": spec["steps"], "mlm": mlm_ids or {"mask_token_id": -1, "never_mask_ids": []}},
     }
+
+
+# ------------------------------------------------------------------------------ masked language model
+
+
+def _check_mlm_run(run: str, spec: dict, job: Any, config: dict[str, Any], root: Path) -> None:
+    """An MLM run: its mask tokens are in the tokenizer, and it asks for no causal-only evaluation."""
+    for task in spec.get("evals", []):
+        if config["evals"][task]["kind"] != "loss":
+            raise ValueError(
+                f"runs.{run}.evals: {task} is a {config['evals'][task]['kind']} eval (lm-eval scores "
+                "next-token likelihoods, causal models only); training.objective = 'mlm' runs take loss "
+                "evals (masked-token loss and accuracy)"
+            )
+    try:
+        parse_time_mlm_ids(job.training.mlm, config["tokenizers"][spec["tokenizer"]], root)
+    except ValueError as e:
+        raise ValueError(f"runs.{run}: {e}") from None
+
+
+def parse_time_mlm_ids(mlm: Any, tokenizer: dict, root: str | Path = ".") -> dict:
+    """training.mlm's token ids from a tokenizer's config entry, before any job: a tokenizer the workflow
+    trains (bpe) has only its special tokens known yet; the others are read from their files."""
+    from lmrepro.data.masking import mlm_token_ids
+    from lmrepro.data.tokenizer import BPE_SPECIAL_TOKENS, load_tokenizer
+
+    if tokenizer["kind"] == "bpe":
+        ids = {token: i for i, token in enumerate(BPE_SPECIAL_TOKENS)}
+        specials = dict(zip(("bos", "eos", "pad"), range(3), strict=True))
+        return mlm_token_ids(
+            mlm.mask_token,
+            mlm.never_mask_tokens,
+            ids.get,
+            vocab_size=tokenizer["vocab_size"],
+            specials=specials,
+        )
+    return tokenizer_mlm_ids(mlm, load_tokenizer(Path(root) / tokenizer["path"]))
+
+
+def tokenizer_mlm_ids(mlm: Any, tok: Any) -> dict:
+    """training.mlm's token ids in a loaded tokenizer (lmrepro.data.tokenizer.TextTokenizer)."""
+    from lmrepro.data.masking import mlm_token_ids
+
+    specials = {"bos": tok.bos_id, "eos": tok.eos_id, "pad": tok.pad_id}
+    return mlm_token_ids(
+        mlm.mask_token, mlm.never_mask_tokens, tok.token_to_id, vocab_size=tok.vocab_size, specials=specials
+    )
 
 
 # ------------------------------------------------------------------------------- base checkpoints

@@ -239,6 +239,8 @@ def test_dump_toml_round_trip(tmp_path: Path) -> None:
     job.model.overrides = {"n_layers": 2, "causal": False, "rope_theta": 10000.0}
     job.schedule.decay = "wsd"
     job.training.dtype = "bfloat16"
+    job.training.objective = "mlm"  # bidirectional attention needs the masked objective
+    job.training.mlm.never_mask_tokens = ["bos", 7, "<|pad|>"]  # strings and ids in one array
     job.metrics.tensorboard = False
     text = dump_toml(job)
     # It is real TOML whose tables mirror the dataclasses.

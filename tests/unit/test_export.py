@@ -67,3 +67,45 @@ def test_export_of_a_folder_that_is_not_a_checkpoint_names_it(tmp_path, tiny_dat
             tmp_path / "not-a-checkpoint", tmp_path / "out", tokenizer_dir=tiny_data["tokenizer"]
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_mlm_export_records_objective_and_writes_no_hf_folder(tmp_path, tiny_data):
+    """A bidirectional model: params.json says so, and there is no hf/ that would load as a causal model,
+    only the one-line reason."""
+    from lmrepro.checkpoint.export import NO_HF_FILE
+
+    mlm = {"objective": "mlm", "mlm": {"mask_token_id": 2, "never_mask_ids": [0, 1, 2]}}
+    overrides = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 128, "causal": False}
+    config = write_train_toml(
+        tmp_path / "train.toml",
+        tmp_path,
+        tiny_data["train_index"],
+        model={"overrides": overrides},
+        training=mlm,
+    )
+    checkpoint = tmp_path / "checkpoints" / "step-0"
+    init_checkpoint(load_job_config(config), checkpoint)
+    out = tmp_path / "export" / "step-0"
+    record = export_checkpoint(checkpoint, out, tokenizer_dir=tiny_data["tokenizer"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["consolidated.pth", "params.json", "export.json", NO_HF_FILE]
+    )
+    assert len((out / NO_HF_FILE).read_text().splitlines()) == 1
+    params = json.loads((out / "params.json").read_text())
+    assert (params["objective"], params["attention"], params["causal"]) == ("mlm", "bidirectional", False)
+    assert params["mlm"] == {
+        "mask_ratio": 0.3,
+        "mask_token_id": 2,
+        "never_mask_ids": [0, 1, 2],
+        "replacement": "all_mask",
+    }
+    assert (record["objective"], record["attention"], record["hf"]) == ("mlm", "bidirectional", None)
+    model = Transformer(args_from_params_json(params))  # the .pth loads strictly as a bidirectional model
+    model.load_state_dict(torch.load(out / "consolidated.pth", weights_only=True), strict=True)
+    assert not model.args.causal
+
+
+def test_causal_export_records_causal_attention(exported):
+    _, out = exported
+    params = json.loads((out / "params.json").read_text())
+    assert (params["objective"], params["attention"]) == ("causal", "causal")

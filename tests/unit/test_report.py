@@ -184,3 +184,33 @@ def test_no_data_does_not_crash(tmp_path: Path) -> None:
     loss_only = load_evals([_eval(tmp_path, "a", 1, "heldout", "loss", {"loss": 2.0, "perplexity": 7.4})])
     assert len(plot_loss(metrics, load_evals([]), tmp_path / "loss_no_evals")) == 2
     assert len(plot_eval_accuracy(loss_only, tmp_path / "acc_none", chance=0.5)) == 2
+
+
+def test_masked_lm_accuracy_and_baseline_in_summary_and_plot(tmp_path: Path, monkeypatch) -> None:
+    """An MLM run's loss evals carry accuracy and the most-frequent-token baseline: both reach the
+    summary and are drawn (two lines) on the accuracy figure, without the multiple-choice chance line."""
+    import lmrepro.report.plots as plots
+
+    evals = [
+        _eval(
+            tmp_path,
+            "m",
+            s,
+            "heldout",
+            "loss",
+            {"loss": 5.0 - s / 100, "accuracy": a, "baseline_accuracy": 0.1},
+        )
+        for s, a in ((0, 0.01), (100, 0.3), (200, 0.5))
+    ]
+    written = write_report({"m": [_jsonl(tmp_path / "m.jsonl", [_row(100, 2.0)])]}, evals, tmp_path / "r")
+    summary = pd.read_csv(written["summary.csv"])
+    assert list(summary["heldout/accuracy"]) == [0.01, 0.3, 0.5]
+    assert list(summary["heldout/baseline_accuracy"]) == [0.1, 0.1, 0.1]
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: drawn.extend(fig.axes[0].get_lines()) or [])
+    plot_eval_accuracy(load_evals(evals), tmp_path / "acc", chance=0.25)
+    assert sorted(line.get_label() for line in drawn) == [
+        "m: heldout masked-token accuracy",
+        "m: heldout most-frequent-token baseline",
+    ]
+    assert [list(line.get_ydata()) for line in drawn] == [[0.01, 0.3, 0.5], [0.1, 0.1, 0.1]]

@@ -391,3 +391,27 @@ def test_a_changed_ranks_file_is_read_again(ranks_file: Path, tmp_path: Path) ->
     before = load_llama3_tiktoken(path).n_vocab
     path.write_text("\n".join(ranks_file.read_text().splitlines()[:300]) + "\n")
     assert load_llama3_tiktoken(path).n_vocab == 300 + 256 != before
+
+
+def test_token_to_id_and_pad_of_every_engine(tiktoken_dir: Path, sp_dir: Path, bpe_dir: Path) -> None:
+    """The lookups the MLM settings resolve through (training.mlm.mask_token, never_mask_tokens)."""
+    from lmrepro.data.tokenizer import BPE_SPECIAL_TOKENS
+    from lmrepro.workflow import tokenizer_mlm_ids
+
+    tok = load_tokenizer(tiktoken_dir)
+    n = tok.vocab_size - 256  # the ranks; Llama-3's reserved_special_token_100 is special 105 after them
+    assert tok.token_to_id("<|reserved_special_token_100|>") == n + 105  # 128105 in the real file
+    assert tok.token_to_id("<|mask|>") is None and tok.pad_id is None
+    sp = load_tokenizer(sp_dir)
+    assert (sp.token_to_id("</s>"), sp.token_to_id("<nope>"), sp.pad_id) == (2, None, None)
+    bpe = load_tokenizer(bpe_dir)
+    # the parse-time check assumes the trainer gives the special tokens the first ids, in this order
+    assert [bpe.token_to_id(t) for t in BPE_SPECIAL_TOKENS] == [0, 1, 2]
+    assert (bpe.bos_id, bpe.eos_id, bpe.pad_id) == (0, 1, 2)
+
+    class Mlm:
+        mask_token, never_mask_tokens = "<|pad|>", ["bos", "eos", "pad", 7]
+
+    assert tokenizer_mlm_ids(Mlm, bpe) == {"mask_token_id": 2, "never_mask_ids": [0, 1, 2, 7]}
+    Mlm.mask_token = "<|reserved_special_token_100|>"
+    assert tokenizer_mlm_ids(Mlm, tok) == {"mask_token_id": n + 105, "never_mask_ids": [7, n, n + 1]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -112,7 +113,9 @@ def test_schema_fills_defaults(config: dict) -> None:
     del config["evals"]["heldout"]["max_tokens"]
     validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
     assert config["evals"]["heldout"]["max_tokens"] == 32768
+    assert config["evals"]["heldout"]["pseudo_perplexity_tokens"] == 0  # MLM runs only, when asked
     assert "max_tokens" not in config["evals"]["synthetic_mc"]  # multiple_choice has no token budget
+    assert "pseudo_perplexity_tokens" not in config["evals"]["synthetic_mc"]
     assert config["runs"]["tiny"]["export_dtype"] == "float32"
     assert config["bases"]["b"]["vocab"] == "keep"
 
@@ -135,7 +138,10 @@ def test_run_fixed_values(config: dict) -> None:
         "run_dir": "results/runs/tiny",
         "model": {"vocab_size": 512},
         "data": {"sources": [{"name": "synthetic", "weight": 1.0, "index": "x/index.json"}]},
-        "training": {"steps": config["runs"]["tiny"]["steps"]},
+        "training": {
+            "steps": config["runs"]["tiny"]["steps"],
+            "mlm": {"mask_token_id": -1, "never_mask_ids": []},  # the defaults: set for MLM runs only
+        },
     }
 
 
@@ -290,3 +296,73 @@ def test_eval_over_unknown_synthetic_split(config: dict, root: Path) -> None:
     with pytest.raises(ValueError) as e:
         check_config(schema_valid(config), root=root)
     assert "evals.heldout: synthetic datasets have train, heldout and mc, not 'validation'" in str(e.value)
+
+
+# ------------------------------------------------------------------------------ masked language model
+
+
+def mlm_run(cfg: dict, **mlm) -> dict:
+    """The embedded default's run as an MLM: bidirectional, masked objective, held-out loss eval only."""
+    cfg = copy.deepcopy(cfg)
+    run = cfg["runs"]["tiny"]
+    run["evals"] = ["heldout"]
+    run["overrides"]["model"] = {"overrides": {"causal": False}}
+    run["overrides"]["training"].update(objective="mlm", mlm={"mask_token": "<|pad|>", **mlm})
+    return schema_valid(cfg)
+
+
+def test_mlm_run_passes(config: dict, root: Path) -> None:
+    check_config(mlm_run(config), root)
+    check_config(mlm_run(config, mask_token=2, replacement="80_10_10", never_mask_tokens=[]), root)
+
+
+@pytest.mark.parametrize(
+    ("causal", "objective", "message"),
+    [
+        (
+            False,
+            "causal",
+            "runs.tiny: model.overrides.causal = false (bidirectional attention) needs training.objective "
+            "= 'mlm'",
+        ),
+        (True, "mlm", "runs.tiny: training.objective = 'mlm' needs model.overrides.causal = false"),
+        (None, "mlm", "runs.tiny: training.objective = 'mlm' needs model.overrides.causal = false"),
+    ],
+)
+def test_objective_and_attention_must_agree(config: dict, root: Path, causal, objective, message) -> None:
+    cfg = mlm_run(config)
+    overrides = cfg["runs"]["tiny"]["overrides"]
+    overrides["training"]["objective"] = objective
+    overrides["model"] = {"overrides": {} if causal is None else {"causal": causal}}
+    with pytest.raises(ValueError) as e:
+        check_config(cfg, root)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("mlm", "message"),
+    [
+        ({"mask_ratio": 0}, "training.mlm.mask_ratio must be a number with 0 < ratio < 1, got 0.0"),
+        ({"mask_ratio": 1.0}, "training.mlm.mask_ratio must be a number with 0 < ratio < 1, got 1.0"),
+        ({"mask_ratio": -0.2}, "training.mlm.mask_ratio must be a number with 0 < ratio < 1, got -0.2"),
+        (
+            {"mask_token": "<|reserved_special_token_100|>"},
+            "training.mlm.mask_token '<|reserved_special_token_100|>' is not in the tokenizer's vocabulary",
+        ),
+        ({"mask_token": 512}, "training.mlm.mask_token 512 is not in the tokenizer's vocabulary of 512"),
+        ({"never_mask_tokens": ["<|sep|>"]}, "never_mask_tokens: '<|sep|>' is not in the tokenizer's"),
+        ({"replacement": "90_10"}, "training.mlm.replacement = '90_10' is not valid"),
+        ({"mask_token_id": 3}, "training.mlm.mask_token_id is set by the workflow"),
+    ],
+)
+def test_bad_mlm_settings_stop_at_parse_time(config: dict, root: Path, mlm: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        check_config(mlm_run(config, **mlm), root)
+    assert str(e.value).startswith("runs.tiny") and "\n" not in str(e.value)
+
+
+def test_mlm_run_refuses_causal_only_evals(config: dict, root: Path) -> None:
+    cfg = mlm_run(config)
+    cfg["runs"]["tiny"]["evals"] = ["heldout", "synthetic_mc"]
+    with pytest.raises(ValueError, match=r"runs.tiny.evals: synthetic_mc is a multiple_choice eval"):
+        check_config(cfg, root)

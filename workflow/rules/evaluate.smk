@@ -1,5 +1,7 @@
 rule eval_loss:
-    """Held-out next-token loss and perplexity of our model, read straight from the DCP checkpoint."""
+    """Held-out next-token loss and perplexity of our model, read straight from the DCP checkpoint (a masked
+    LM: masked-token loss and accuracy, the most-frequent-token baseline, optionally pseudo-perplexity).
+    """
     input:
         checkpoint="results/runs/{run}/checkpoints/step-{step}",
         shards=loss_eval_shards,
@@ -15,9 +17,11 @@ rule eval_loss:
         LMREPRO_ENV
     params:
         max_tokens=lookup(dpath="evals/{task}/max_tokens", within=config),
+        pppl_tokens=lookup(dpath="evals/{task}/pseudo_perplexity_tokens", within=config),
     shell:
         "python workflow/scripts/eval_loss.py --checkpoint {input.checkpoint} --shards {input.shards} "
-        "--task {wildcards.task} --max-tokens {params.max_tokens} --out {output.result} > {log} 2>&1"
+        "--task {wildcards.task} --max-tokens {params.max_tokens} "
+        "--pseudo-perplexity-tokens {params.pppl_tokens} --out {output.result} > {log} 2>&1"
 
 
 rule eval_multiple_choice:

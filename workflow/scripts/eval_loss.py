@@ -12,9 +12,14 @@ def main() -> None:
     parser.add_argument("--shards", required=True, help="folder of the held-out token shards")
     parser.add_argument("--task", required=True)
     parser.add_argument("--max-tokens", type=int, required=True, help="evals.<task>.max_tokens")
+    parser.add_argument(
+        "--pseudo-perplexity-tokens", type=int, default=0, help="evals.<task>.pseudo_perplexity_tokens"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    evaluate_loss_task(args.checkpoint, args.shards, args.task, args.max_tokens, args.out)
+    evaluate_loss_task(
+        args.checkpoint, args.shards, args.task, args.max_tokens, args.out, args.pseudo_perplexity_tokens
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,14 @@ from lmrepro.model.flavors import params_json
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Written instead of hf/ for a bidirectional model (a masked LM): transformers' Llama classes always apply a
+# causal mask, so an HF folder would load and run as a causal model whose logits are not ours.
+NO_HF_FILE = "hf-not-exported.txt"
+NO_HF_REASON = (
+    "No Hugging Face folder: this model has bidirectional attention (training.objective = mlm) and "
+    "transformers' Llama classes would run it with a causal mask, so their logits would not be ours; use "
+    "consolidated.pth + params.json with lmrepro's Transformer.\n"
+)
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -39,17 +47,29 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def write_consolidated(checkpoint_dir: str | Path, out_dir: Path, dtype: torch.dtype) -> int:
     """out_dir/consolidated.pth (Meta names, model only) + params.json; returns the tensor count.
 
+    params.json records the training objective and the attention (``causal`` / ``bidirectional``) beside
+    the shape, and a masked LM's masking settings (what a user needs to run it as it was trained).
+
     With tied embeddings ``output.weight`` is the very tensor ``tok_embeddings.weight`` (torch.save
     stores it once), so both Meta's reference code and our model load the file strictly.
     """
-    args, _ = checkpoint_model_args(checkpoint_dir)
+    args, info = checkpoint_model_args(checkpoint_dir)
     state = {key: torch.empty(shape, dtype=dtype) for key, shape in model_shapes(args).items()}
     read_model_tensors(checkpoint_dir, state)
     if args.tie_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]
     torch.save(state, out_dir / "consolidated.pth")
-    write_json(out_dir / "params.json", params_json(args))
+    write_json(out_dir / "params.json", {**params_json(args), **objective_record(args, info)})
     return len(state)
+
+
+def objective_record(args, info: dict) -> dict:
+    """{"objective", "attention"} (+ "mlm": the masking settings) of a checkpoint (meta.json ``info``)."""
+    record = {
+        "objective": info.get("objective", "causal"),  # converted bases and older checkpoints: causal
+        "attention": "causal" if args.causal else "bidirectional",
+    }
+    return {**record, **({"mlm": info["mlm"]} if "mlm" in info else {})}
 
 
 def dcp_to_hf(
@@ -103,7 +123,10 @@ def export_checkpoint(
     tokenizer_dir: str | Path,
     dtype: str = "float32",
 ) -> dict:
-    """Write out_dir/consolidated.pth, params.json, hf/ and export.json (atomically, as one folder)."""
+    """Write out_dir/consolidated.pth, params.json, hf/ and export.json (atomically, as one folder).
+
+    A bidirectional model gets NO_HF_FILE, one line saying why, instead of hf/.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"export dtype {dtype!r} is not valid; choose one of {sorted(DTYPES)}")
     out_dir = Path(out_dir)
@@ -120,21 +143,27 @@ def export_checkpoint(
     with atomic_folder(out_dir) as tmp:
         count = write_consolidated(checkpoint_dir, tmp, DTYPES[dtype])
         log.info("wrote consolidated.pth (%d tensors, %s)", count, dtype)
-        dcp_to_hf(
-            checkpoint_dir,
-            tmp / "hf",
-            tokenizer_dir=tokenizer_dir,
-            bos_token_id=tok.bos_id,
-            eos_token_id=tok.eos_id,
-            dtype=dtype,
-        )
-        log.info("wrote Hugging Face folder hf/")
+        if args.causal:
+            dcp_to_hf(
+                checkpoint_dir,
+                tmp / "hf",
+                tokenizer_dir=tokenizer_dir,
+                bos_token_id=tok.bos_id,
+                eos_token_id=tok.eos_id,
+                dtype=dtype,
+            )
+            log.info("wrote Hugging Face folder hf/")
+        else:
+            (tmp / NO_HF_FILE).write_text(NO_HF_REASON)
+            log.info("bidirectional model: no Hugging Face folder (%s)", NO_HF_FILE)
         record = {
             "checkpoint": str(checkpoint_dir),
             "step": info.get("step"),  # a converted base has no step, no tokens seen and no run
             "tokens_seen": info.get("tokens_seen"),
             "dtype": dtype,
             "run": info.get("run"),
+            **objective_record(args, info),
+            "hf": "hf" if args.causal else None,
         }
         write_json(tmp / "export.json", record)
     return record

@@ -43,8 +43,23 @@ def checkpoint_info(
         "origin": origin,
         "model_args": params_json(args),
         "seq_len": job.data.seq_len,
+        **objective_info(job),
         **fields,
     }
+
+
+def objective_info(job: JobConfig) -> dict:
+    """What evaluation and export must know of the training objective: {"objective"} (+ "mlm": masking)."""
+    if job.training.objective != "mlm":
+        return {"objective": job.training.objective}
+    mlm = job.training.mlm
+    masking = {
+        "mask_ratio": mlm.mask_ratio,
+        "mask_token_id": mlm.mask_token_id,
+        "never_mask_ids": list(mlm.never_mask_ids),
+        "replacement": mlm.replacement,
+    }
+    return {"objective": "mlm", "mlm": masking}
 
 
 def _rank() -> int:

@@ -2,8 +2,9 @@
 
 The data order is a pure function of (seed, global sample index). Each source's stream is cut into
 windows of seq_len + 1 tokens (consecutive windows overlap by one token so every token is a target
-once). Global sample s comes from the source the mixture schedule (lmrepro.data.mixture) assigns to it,
-and is that source's next window: source k's j-th sample is window order_k,e[j mod N_k] of epoch
+once; their inputs, seq_len tokens each, consecutive and disjoint, are a masked-LM run's windows). Global
+sample s comes from the source the mixture schedule (lmrepro.data.mixture) assigns to it, and is that
+source's next window: source k's j-th sample is window order_k,e[j mod N_k] of epoch
 e = j // N_k, a permutation seeded by (seed, e) for k = 0 and (seed, e, k) otherwise, so a single
 source reads exactly the order it always had. Global batch b holds the samples [b·B, (b+1)·B); data-
 parallel rank r takes a contiguous slice of it.
@@ -24,7 +25,7 @@ import numpy as np
 
 from lmrepro.config import DataConfig, SourceConfig, check_weights
 from lmrepro.data.mixture import MixtureSchedule
-from lmrepro.data.prefetch import Batch, PrefetchingLoader, check_common_state
+from lmrepro.data.prefetch import Batch, PrefetchingLoader, check_common_state, global_sample_indices
 from lmrepro.data.shards import TokenStream
 from lmrepro.data.streaming import StreamingLoader, StreamSource
 
@@ -133,7 +134,10 @@ class WindowLoader(PrefetchingLoader):
             self.streams[k].window(w * self.seq_len + 1, self.seq_len, out=y[i])
         ids = (self._offsets[sources] + windows).tolist()
         state = {"samples_consumed": (batch_index + 1) * self.global_batch_sequences}
-        return Batch(inputs, targets, state, ids)
+        samples = global_sample_indices(
+            batch_index, self.global_batch_sequences, self.dp_rank, self.local_batch_sequences
+        )
+        return Batch(inputs, targets, state, ids, samples)
 
     def _consume(self, batch: Batch) -> None:
         self.samples_consumed = batch.state["samples_consumed"]

@@ -175,3 +175,43 @@ def resolve_mask_token(
     if i is None or isinstance(i, bool) or int(i) < 0:
         raise ValueError(where)
     return int(i)
+
+
+NAMED_SPECIALS = ("bos", "eos", "pad")  # never_mask_tokens entries naming the tokenizer's own specials
+
+
+def mlm_token_ids(
+    mask_token: str | int,
+    never_mask_tokens: Sequence[str | int],
+    token_to_id: Callable[[str], int | None],
+    *,
+    vocab_size: int,
+    specials: Mapping[str, int | None],
+) -> dict:
+    """training.mlm's token settings -> {"mask_token_id", "never_mask_ids"} for a tokenizer.
+
+    ``token_to_id`` looks a token string up (None: not in the vocabulary); ``specials`` maps "bos", "eos",
+    "pad" to the tokenizer's ids (None: it has none, and the entry is skipped). Unknown tokens and ids
+    outside [0, vocab_size) are errors naming the key.
+    """
+    mask_id = resolve_mask_token(mask_token, token_to_id)
+    if mask_id >= vocab_size:
+        raise ValueError(
+            f"training.mlm.mask_token {mask_token!r} is not in the tokenizer's vocabulary of {vocab_size}"
+        )
+    ids: set[int] = set()
+    for entry in never_mask_tokens:
+        if isinstance(entry, str) and entry in NAMED_SPECIALS:
+            if specials.get(entry) is not None:
+                ids.add(int(specials[entry]))
+            continue
+        try:
+            i = resolve_mask_token(entry, token_to_id)
+        except ValueError:
+            i = -1
+        if not 0 <= i < vocab_size:
+            raise ValueError(
+                f"training.mlm.never_mask_tokens: {entry!r} is not in the tokenizer's vocabulary"
+            )
+        ids.add(i)
+    return {"mask_token_id": mask_id, "never_mask_ids": sorted(ids)}

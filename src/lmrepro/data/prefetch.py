@@ -24,6 +24,15 @@ class Batch:
     targets: torch.Tensor  # [local_batch, seq_len] int64
     state: dict  # the loader state once this batch is consumed
     ids: list = field(default_factory=list)  # what was read, for audits (window ids, document spans)
+    # Global sample index of each row: global batch b, position p in it -> b * global batch + p. The
+    # global batch is the same on every data-parallel size, so this index is too (MLM masks are keyed by it).
+    sample_indices: list[int] = field(default_factory=list)
+
+
+def global_sample_indices(batch_index: int, global_batch: int, dp_rank: int, local_batch: int) -> list[int]:
+    """The global sample indices of rank `dp_rank`'s contiguous slice of global batch `batch_index`."""
+    first = batch_index * global_batch + dp_rank * local_batch
+    return list(range(first, first + local_batch))
 
 
 class _Prefetcher:
@@ -77,6 +86,7 @@ class PrefetchingLoader(ABC):
         self.prefetch_batches = prefetch_batches
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.last_batch_ids: list = []
+        self.last_sample_indices: list[int] = []  # of the batch next_batch handed out last
         self._prefetcher: _Prefetcher | None = None
 
     @abstractmethod
@@ -112,6 +122,7 @@ class PrefetchingLoader(ABC):
             batch = self._prefetcher.get()
         self._consume(batch)
         self.last_batch_ids = batch.ids
+        self.last_sample_indices = batch.sample_indices
         return batch.inputs, batch.targets
 
     def close(self) -> None:

@@ -48,7 +48,13 @@ import numpy as np
 
 from lmrepro.config import check_streams, check_weights
 from lmrepro.data.mixture import MixtureSchedule
-from lmrepro.data.prefetch import Batch, PrefetchingLoader, check_common_state, initial_data_state
+from lmrepro.data.prefetch import (
+    Batch,
+    PrefetchingLoader,
+    check_common_state,
+    global_sample_indices,
+    initial_data_state,
+)
 from lmrepro.data.tokenizer import load_tokenizer
 
 _TOKENIZE_DOCUMENTS = 64  # documents tokenized per call, from the current one on
@@ -284,7 +290,10 @@ class StreamingLoader(PrefetchingLoader):
             "samples_consumed": (batch_index + 1) * self.global_batch_sequences,
             "positions": {s: [r.position() for r in readers] for s, readers in self._readers.items()},
         }
-        return Batch(inputs, targets, state, ids)
+        samples = global_sample_indices(
+            batch_index, self.global_batch_sequences, self.dp_rank, self.local_batch_sequences
+        )
+        return Batch(inputs, targets, state, ids, samples)
 
     def _consume(self, batch: Batch) -> None:
         self.samples_consumed = batch.state["samples_consumed"]

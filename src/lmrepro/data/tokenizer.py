@@ -25,6 +25,8 @@ from lmrepro.io import atomic_folder, file_sha256
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
 PAD_TOKEN = "<|pad|>"
+# The byte-level BPE's special tokens, in id order (the trainer gives them the first ids).
+BPE_SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)
 META_FILE = "lmrepro_tokenizer.json"
 MODEL_FILE = "tokenizer.model"
 
@@ -55,12 +57,25 @@ class TextTokenizer(ABC):
 
     kind: str
 
-    def __init__(self, path: Path, vocab_size: int, bos_id: int | None, eos_id: int, sha256: str):
+    def __init__(
+        self,
+        path: Path,
+        vocab_size: int,
+        bos_id: int | None,
+        eos_id: int,
+        sha256: str,
+        pad_id: int | None = None,
+    ):
         self.path = path
         self.vocab_size = vocab_size
         self.bos_id = bos_id
         self.eos_id = eos_id
+        self.pad_id = pad_id
         self.sha256 = sha256
+
+    @abstractmethod
+    def token_to_id(self, token: str) -> int | None:
+        """The id of one token string (a special token too), None if the vocabulary lacks it."""
 
     @abstractmethod
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -100,8 +115,13 @@ class HFTokenizer(TextTokenizer):
         if bos_id == eos_id:  # GPT-2 style (<|endoftext|> for both): one separator between documents
             bos_id = None
         vocab_size = tok.get_vocab_size(with_added_tokens=True)
-        super().__init__(file.parent, vocab_size, bos_id, eos_id, file_sha256(file))
+        pad_token = _token_content(config.get("pad_token"))
+        pad_id = tok.token_to_id(pad_token) if pad_token else None
+        super().__init__(file.parent, vocab_size, bos_id, eos_id, file_sha256(file), pad_id)
         self._tok = tok
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
@@ -127,6 +147,12 @@ class TiktokenTokenizer(TextTokenizer):
         bos_id, eos_id = enc.encode_single_token(BOS_TOKEN), enc.encode_single_token(EOS_TOKEN)
         super().__init__(file.parent, enc.n_vocab, bos_id, eos_id, file_sha256(file))
         self._enc = enc
+
+    def token_to_id(self, token: str) -> int | None:
+        try:
+            return self._enc.encode_single_token(token)
+        except KeyError:
+            return None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         # encode_ordinary: special-token text is plain text; a loop beats encode_ordinary_batch's threads here
@@ -179,8 +205,13 @@ class SentencePieceTokenizer(TextTokenizer):
         if sp.eos_id() < 0:
             raise ValueError(f"{file}: the SentencePiece model has no EOS piece; documents need a separator")
         bos_id = sp.bos_id() if sp.bos_id() >= 0 else None
-        super().__init__(file.parent, sp.get_piece_size(), bos_id, sp.eos_id(), file_sha256(file))
+        pad_id = sp.pad_id() if sp.pad_id() >= 0 else None
+        super().__init__(file.parent, sp.get_piece_size(), bos_id, sp.eos_id(), file_sha256(file), pad_id)
         self._sp = sp
+
+    def token_to_id(self, token: str) -> int | None:
+        i = self._sp.piece_to_id(token)  # unknown pieces map to the unk id
+        return i if self._sp.id_to_piece(i) == token else None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self._sp.encode(texts, out_type=int, num_threads=1)
@@ -229,7 +260,7 @@ def train_bpe(
 
     from lmrepro.data.readers import iter_texts
 
-    specials = [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN]
+    specials = list(BPE_SPECIAL_TOKENS)
     if vocab_size < 256 + len(specials):
         raise ValueError(
             f"vocab_size must be >= {256 + len(specials)} for a byte-level BPE, got {vocab_size}"

@@ -1,4 +1,5 @@
-"""Held-out loss and perplexity of our own model over a tokenized split."""
+"""Held-out loss and perplexity of our own model over a tokenized split; masked-token loss and accuracy of
+a masked language model."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from lmrepro.data.masking import HELDOUT_MASK_SEED, IGNORE_INDEX, MaskingConfig, mask_batch
 from lmrepro.data.shards import TokenStream
 from lmrepro.model.llama import Transformer
 
@@ -55,3 +57,92 @@ def heldout_loss(
             last_log = time.monotonic()
     mean = total_loss / total_tokens
     return {"loss": mean, "perplexity": math.exp(mean), "num_tokens": total_tokens}
+
+
+@torch.no_grad()
+def masked_heldout_loss(
+    model: Transformer,
+    stream: TokenStream,
+    *,
+    seq_len: int,
+    max_tokens: int,
+    masking: MaskingConfig,
+    batch_sequences: int = 8,
+) -> dict:
+    """Masked-token loss and accuracy over the first windows of seq_len tokens of the stream, in order.
+
+    Window w is masked as global sample w with HELDOUT_MASK_SEED, whatever the run's seed, so every
+    checkpoint (and every run with the same masking settings) is scored on the same masked positions.
+    ``baseline_accuracy`` is the accuracy of always predicting the most frequent token of those positions
+    (an upper bound for any constant guess): the bar a model must clear to use the context at all.
+    """
+    if stream.vocab_size > model.args.vocab_size:
+        raise ValueError(
+            f"{stream.index_path}: vocab_size {stream.vocab_size} exceeds the model's {model.args.vocab_size}"
+        )
+    num_windows = min(len(stream) // seq_len, max(max_tokens // seq_len, 1))
+    if num_windows < 1:
+        raise ValueError(f"{stream.index_path}: too few tokens ({len(stream)}) for one window of {seq_len}")
+    device = next(model.parameters()).device
+    total_loss, correct = 0.0, 0
+    label_counts = torch.zeros(model.args.vocab_size, dtype=torch.int64)
+    for first in range(0, num_windows, batch_sequences):
+        ids = list(range(first, min(first + batch_sequences, num_windows)))
+        windows = torch.stack([torch.from_numpy(stream.window(w * seq_len, seq_len)) for w in ids])
+        inputs, labels = mask_batch(windows, ids, HELDOUT_MASK_SEED, masking)
+        logits = model(inputs.to(device)).flatten(0, 1).float()
+        flat = labels.flatten().to(device)
+        total_loss += float(F.cross_entropy(logits, flat, ignore_index=IGNORE_INDEX, reduction="sum"))
+        masked = flat != IGNORE_INDEX
+        correct += int((logits[masked].argmax(-1) == flat[masked]).sum())
+        label_counts += torch.bincount(flat[masked].cpu(), minlength=model.args.vocab_size)
+    num_masked = int(label_counts.sum())
+    if num_masked == 0:
+        raise ValueError(f"{stream.index_path}: no token was masked in {num_windows} windows")
+    return {
+        "loss": total_loss / num_masked,
+        "accuracy": correct / num_masked,
+        "baseline_accuracy": int(label_counts.max()) / num_masked,
+        "baseline_token_id": int(label_counts.argmax()),
+        "num_tokens": num_masked,
+        "num_input_tokens": num_windows * seq_len,
+    }
+
+
+@torch.no_grad()
+def pseudo_perplexity(
+    model: Transformer,
+    stream: TokenStream,
+    *,
+    seq_len: int,
+    num_tokens: int,
+    masking: MaskingConfig,
+    batch_sequences: int = 16,
+) -> dict:
+    """Pseudo-perplexity (Salazar et al. 2020) of a masked LM over a small sample: exp of the mean of
+    -log p(token | its window with that one token masked), over the first `num_tokens` maskable positions
+    of the stream's consecutive windows of seq_len tokens. No randomness: every checkpoint scores the same
+    positions. One forward per scored token (batched), hence a small sample.
+    """
+    never = torch.tensor(masking.never_mask_ids, dtype=torch.int64)
+    device = next(model.parameters()).device
+    positions: list[tuple[int, int]] = []  # (window, position in it)
+    for w in range(len(stream) // seq_len):
+        window = torch.from_numpy(stream.window(w * seq_len, seq_len))
+        positions += [(w, int(p)) for p in torch.nonzero(~torch.isin(window, never)).flatten()]
+        if len(positions) >= num_tokens:
+            break
+    positions = positions[:num_tokens]
+    if not positions:
+        raise ValueError(f"{stream.index_path}: no maskable token for pseudo-perplexity")
+    total = 0.0
+    for first in range(0, len(positions), batch_sequences):
+        chunk = positions[first : first + batch_sequences]
+        rows = torch.stack([torch.from_numpy(stream.window(w * seq_len, seq_len)) for w, _ in chunk])
+        at = torch.tensor([p for _, p in chunk])
+        targets = rows[torch.arange(len(chunk)), at].clone()
+        rows[torch.arange(len(chunk)), at] = masking.mask_token_id
+        logits = model(rows.to(device))[torch.arange(len(chunk)), at.to(device)].float()  # [n, vocab]
+        total += float(F.cross_entropy(logits, targets.to(device), reduction="sum"))
+    mean = total / len(positions)
+    return {"pseudo_perplexity": math.exp(mean), "pseudo_nll": mean, "num_tokens": len(positions)}

@@ -10,8 +10,9 @@ import logging
 from pathlib import Path
 
 from lmrepro.checkpoint.dcp import load_model
+from lmrepro.data.masking import HELDOUT_MASK_SEED, MaskingConfig
 from lmrepro.data.shards import TokenStream
-from lmrepro.eval.loss import heldout_loss
+from lmrepro.eval.loss import heldout_loss, masked_heldout_loss, pseudo_perplexity
 from lmrepro.io import read_json, write_json
 from lmrepro.provenance import provenance
 
@@ -23,11 +24,21 @@ def write_result(out: str | Path, record: dict) -> None:
 
 
 def evaluate_loss_task(
-    checkpoint: str | Path, shards: str | Path, task: str, max_tokens: int, out: str | Path
+    checkpoint: str | Path,
+    shards: str | Path,
+    task: str,
+    max_tokens: int,
+    out: str | Path,
+    pseudo_perplexity_tokens: int = 0,
 ) -> dict:
-    """Held-out loss of a DCP checkpoint on the token shards of a folder (`shards`)."""
+    """Held-out loss of a DCP checkpoint on the token shards of a folder (`shards`): next-token loss, or
+    for a masked LM its masked-token loss and accuracy (and the most-frequent-token baseline)."""
     model, info = load_model(checkpoint)
     stream = TokenStream(shards)
+    if info.get("objective") == "mlm":
+        return _masked_loss_task(
+            model, info, stream, checkpoint, task, max_tokens, out, pseudo_perplexity_tokens
+        )
     metrics = heldout_loss(model, stream, seq_len=info["seq_len"], max_tokens=max_tokens)
     log.info(
         "%s step %d: loss %.4f, perplexity %.2f", task, info["step"], metrics["loss"], metrics["perplexity"]
@@ -45,6 +56,55 @@ def evaluate_loss_task(
     }
     write_result(out, record)
     return record
+
+
+def _masked_loss_task(
+    model, info: dict, stream: TokenStream, checkpoint, task: str, max_tokens: int, out, pppl_tokens: int
+):
+    masking = MaskingConfig(
+        vocab_size=model.args.vocab_size,
+        **{**info["mlm"], "never_mask_ids": tuple(info["mlm"]["never_mask_ids"])},
+    )
+    m = masked_heldout_loss(model, stream, seq_len=info["seq_len"], max_tokens=max_tokens, masking=masking)
+    log.info(
+        "%s step %d: masked-token loss %.4f, accuracy %.4f (most-frequent-token baseline %.4f)",
+        task,
+        info["step"],
+        m["loss"],
+        m["accuracy"],
+        m["baseline_accuracy"],
+    )
+    pppl = _pseudo_perplexity(model, stream, info["seq_len"], masking, pppl_tokens)
+    record = {
+        "run": info.get("run"),
+        "step": info["step"],
+        "tokens_seen": info["tokens_seen"],
+        "task": task,
+        "kind": "loss",
+        "objective": "mlm",
+        "metrics": {k: m[k] for k in ("loss", "accuracy", "baseline_accuracy")} | pppl["metrics"],
+        **pppl["counts"],
+        "num_tokens": m["num_tokens"],  # masked positions scored
+        "num_input_tokens": m["num_input_tokens"],
+        "baseline_token_id": m["baseline_token_id"],
+        "masking": {**info["mlm"], "seed": HELDOUT_MASK_SEED},
+        "source": str(checkpoint),
+        "provenance": provenance(),
+    }
+    write_result(out, record)
+    return record
+
+
+def _pseudo_perplexity(model, stream, seq_len: int, masking, num_tokens: int) -> dict:
+    """{"metrics": {"pseudo_perplexity"}, "counts": {"pseudo_perplexity_tokens"}}, empty when not asked."""
+    if num_tokens <= 0:
+        return {"metrics": {}, "counts": {}}
+    p = pseudo_perplexity(model, stream, seq_len=seq_len, num_tokens=num_tokens, masking=masking)
+    log.info("pseudo-perplexity %.3f over %d tokens", p["pseudo_perplexity"], p["num_tokens"])
+    return {
+        "metrics": {"pseudo_perplexity": p["pseudo_perplexity"]},
+        "counts": {"pseudo_perplexity_tokens": p["num_tokens"]},
+    }
 
 
 def evaluate_multiple_choice_task(

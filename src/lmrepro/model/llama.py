@@ -328,11 +328,14 @@ class Transformer(nn.Module):
             # torchtitan: logits start with ~unit variance regardless of width.
             _trunc_normal_(self.output.weight, self.args.dim**-0.5)
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, normaliser: float | None = None
+    ) -> torch.Tensor:
         """tokens [b, s] (int64) -> logits [b, s, vocab] in the parameters' dtype.
 
-        With ``targets`` [b, s], returns the mean next-token cross-entropy instead, fused with the output
-        projection so the full logits are never materialised (see lmrepro.model.losses).
+        With ``targets`` [b, s], returns the cross-entropy instead, fused with the output projection so the
+        full logits are never materialised (see lmrepro.model.losses): the mean over the targets, or, with
+        ``normaliser``, their sum (IGNORE_INDEX targets left out) divided by it (masked LM).
         """
         if tokens.shape[1] > self.freqs_cis.shape[0]:
             raise ValueError(
@@ -354,7 +357,8 @@ class Transformer(nn.Module):
             h = layer(h, self.freqs_cis)  # [b, s, dim]
         h = self.norm(h)
         if targets is not None:
-            return linear_cross_entropy(h.flatten(0, 1), self.output.weight, targets.flatten())
+            flat = h.flatten(0, 1)
+            return linear_cross_entropy(flat, self.output.weight, targets.flatten(), normaliser=normaliser)
         return self.output(h)  # [b, s, vocab]
 
     def set_attention_kernel(self, kernel: AttentionKernel | None) -> None:

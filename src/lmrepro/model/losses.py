@@ -5,11 +5,18 @@ With a 128k vocabulary the logits of one micro-batch (4 × 4096 tokens) are 2.1 
 one chunk at a time are formed, turned into the loss *and* the gradients of the hidden states and of the
 output weight right away, and dropped; backward only scales the stored gradients. Peak memory falls by
 the size of the full logits and their gradient, the matmul FLOPs are unchanged.
+
+Targets equal to ``IGNORE_INDEX`` (-100, as in ``F.cross_entropy``: the unmasked positions of a masked-LM
+batch) add nothing to the loss and get a zero gradient. With all targets valid the arithmetic is exactly
+the one without ignoring (selecting a value and multiplying by the same scale), so causal runs are
+bitwise unchanged on CPU.
 """
 
 from __future__ import annotations
 
 import torch
+
+IGNORE_INDEX = -100
 
 
 def _chunk_step(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float):
@@ -23,11 +30,13 @@ def _chunk_step(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     """
     logits = (hidden @ weight.t()).float()  # [c, vocab]
     lse = torch.logsumexp(logits, dim=-1)  # [c]
-    target_logits = logits.gather(1, targets[:, None]).squeeze(1)  # [c]
-    loss_sum = (lse - target_logits).sum()
+    valid = targets != IGNORE_INDEX  # [c]
+    target_logits = logits.gather(1, torch.where(valid, targets, 0)[:, None]).squeeze(1)  # [c]
+    loss_sum = torch.where(valid, lse - target_logits, 0.0).sum()
     vocab_ids = torch.arange(logits.shape[1], device=logits.device)
-    one_hot = (vocab_ids[None, :] == targets[:, None]).to(logits.dtype)
-    grad_logits = ((torch.exp(logits - lse[:, None]) - one_hot) * scale).to(hidden.dtype)
+    one_hot = (vocab_ids[None, :] == targets[:, None]).to(logits.dtype)  # IGNORE_INDEX matches no id
+    row_scale = torch.where(valid, scale, 0.0).to(logits.dtype)[:, None]  # [c, 1]
+    grad_logits = ((torch.exp(logits - lse[:, None]) - one_hot) * row_scale).to(hidden.dtype)
     return loss_sum, grad_logits @ weight, grad_logits  # loss, d hidden [c, d], d logits [c, vocab]
 
 
@@ -52,16 +61,16 @@ def compile_chunk_step() -> None:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_tokens: int, compute_dtype: torch.dtype):
+    def forward(ctx, hidden, weight, targets, chunk_tokens: int, compute_dtype: torch.dtype, normaliser):
         step = _compiled_chunk_step or _chunk_step
-        n = hidden.shape[0]
+        n = hidden.shape[0] if normaliser is None else normaliser
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
             grad_hidden = torch.empty_like(h)
             grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            for start in range(0, n, chunk_tokens):
-                chunk = slice(start, min(start + chunk_tokens, n))
+            for start in range(0, hidden.shape[0], chunk_tokens):
+                chunk = slice(start, min(start + chunk_tokens, hidden.shape[0]))
                 loss_sum, grad_h, grad_logits = step(h[chunk], w, targets[chunk], 1.0 / n)
                 loss += loss_sum
                 grad_hidden[chunk] = grad_h
@@ -75,20 +84,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         hidden_dtype, weight_dtype = ctx.dtypes
         grads = (grad_hidden * grad_loss).to(hidden_dtype), (grad_weight * grad_loss).to(weight_dtype)
-        return *grads, None, None, None
+        return *grads, None, None, None, None
 
 
 def linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 4096
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_tokens: int = 4096,
+    normaliser: float | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of `hidden @ weight.T` against `targets`, without materialising all logits.
+    """Cross-entropy of `hidden @ weight.T` against `targets`, without materialising all logits.
 
-    hidden [N, dim], weight [vocab, dim], targets [N] int64. Computes in the autocast dtype when autocast
-    is on (as nn.Linear would), else in the hidden states' dtype; the softmax is always fp32.
+    hidden [N, dim], weight [vocab, dim], targets [N] int64 (IGNORE_INDEX: no loss, no gradient). Returns
+    the sum over the targets divided by ``normaliser``; None: by N, the mean when no target is ignored (a
+    masked-LM step passes its global masked-token count instead). Computes in the autocast dtype when
+    autocast is on (as nn.Linear would), else in the hidden states' dtype; the softmax is always fp32.
     """
     device_type = hidden.device.type
     if torch.is_autocast_enabled(device_type):
         compute_dtype = torch.get_autocast_dtype(device_type)
     else:
         compute_dtype = hidden.dtype
-    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_tokens, compute_dtype)
+    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_tokens, compute_dtype, normaliser)

@@ -178,40 +178,82 @@ def plot_throughput(metrics_df: pd.DataFrame, out_base: Path) -> list[Path]:
 def plot_eval_accuracy(
     evals_df: pd.DataFrame, out_base: Path, *, chance: float | None = 0.25, metric: str = "acc"
 ) -> list[Path]:
-    """Multiple-choice accuracy (± stderr) against step, one line per (run, task), with a chance line."""
+    """Multiple-choice accuracy (± stderr) against step, one line per (run, task), with a chance line; a
+    masked LM's masked-token accuracy (loss evals' ``accuracy``) with its most-frequent-token baseline."""
     with matplotlib.rc_context(_RC):
-        fig, ax = _new_axes("Multiple-choice accuracy", "step", f"accuracy ({metric}, ± 1 stderr)")
-        mc = (
-            evals_df[evals_df["kind"] == "multiple_choice"]
-            if _has(evals_df, "run", "task", "step", "kind", "metric", "value")
+        fig, ax = _new_axes("Accuracy", "step", f"accuracy (multiple choice: {metric}, ± 1 stderr)")
+        usable = _has(evals_df, "run", "task", "step", "kind", "metric", "value")
+        mc = evals_df[evals_df["kind"] == "multiple_choice"] if usable else pd.DataFrame()
+        masked = (
+            evals_df[
+                (evals_df["kind"] == "loss") & evals_df["metric"].isin(["accuracy", "baseline_accuracy"])
+            ]
+            if usable
             else pd.DataFrame()
         )
-        if mc.empty or not (mc["metric"] == metric).any():
-            _no_data(ax, "no multiple-choice evaluations")
+        has_mc = not mc.empty and (mc["metric"] == metric).any()
+        if not has_mc and masked.empty:
+            _no_data(ax, "no multiple-choice or masked-token evaluations")
             return _save(fig, out_base)
-        wide = mc.pivot_table(index=["run", "task", "step"], columns="metric", values="value", aggfunc="last")
-        wide = wide.reset_index()
-        styles = _styles(wide["run"])
-        tasks = sorted(wide["task"].unique())
-        for (run, task), rows in wide.groupby(["run", "task"], sort=True):
-            rows = rows.dropna(subset=[metric]).sort_values("step")
-            err = rows.get(f"{metric}_stderr")
-            ax.errorbar(
-                rows["step"],
-                rows[metric],
-                yerr=err,
-                **styles[run],
-                marker=_MARKERS[tasks.index(task) % len(_MARKERS)],
-                ms=6,
-                lw=1.2,
-                capsize=3,
-                label=f"{run}: {task}",
-            )
-        if chance is not None:
-            ax.axhline(chance, color="0.3", ls="--", lw=1, label=f"chance ({chance:g})")
+        runs = pd.concat([mc["run"], masked["run"]]) if has_mc else masked["run"]
+        styles = _styles(runs)
+        if has_mc:
+            _plot_mc(ax, mc, metric, styles)
+            if chance is not None:
+                ax.axhline(chance, color="0.3", ls="--", lw=1, label=f"chance ({chance:g})")
+        if not masked.empty:
+            _plot_masked(ax, masked, styles)
+            mc_label = f"multiple choice: {metric} ± 1 stderr; " if has_mc else ""
+            ax.set_ylabel(f"accuracy ({mc_label}masked tokens)")
         ax.set_ylim(0, 1)
         ax.legend(fontsize="small")
         return _save(fig, out_base)
+
+
+def _plot_mc(ax: Axes, mc: pd.DataFrame, metric: str, styles: dict) -> None:
+    wide = mc.pivot_table(index=["run", "task", "step"], columns="metric", values="value", aggfunc="last")
+    wide = wide.reset_index()
+    tasks = sorted(wide["task"].unique())
+    for (run, task), rows in wide.groupby(["run", "task"], sort=True):
+        rows = rows.dropna(subset=[metric]).sort_values("step")
+        err = rows.get(f"{metric}_stderr")
+        ax.errorbar(
+            rows["step"],
+            rows[metric],
+            yerr=err,
+            **styles[run],
+            marker=_MARKERS[tasks.index(task) % len(_MARKERS)],
+            ms=6,
+            lw=1.2,
+            capsize=3,
+            label=f"{run}: {task}",
+        )
+
+
+def _plot_masked(ax: Axes, masked: pd.DataFrame, styles: dict) -> None:
+    wide = masked.pivot_table(index=["run", "task", "step"], columns="metric", values="value", aggfunc="last")
+    for (run, task), rows in wide.reset_index().groupby(["run", "task"], sort=True):
+        rows = rows.sort_values("step")
+        color = styles[run].get("color")
+        if "accuracy" in rows:
+            ax.plot(
+                rows["step"],
+                rows["accuracy"],
+                color=color,
+                marker="o",
+                ms=5,
+                lw=1.5,
+                label=f"{run}: {task} masked-token accuracy",
+            )
+        if "baseline_accuracy" in rows:
+            ax.plot(
+                rows["step"],
+                rows["baseline_accuracy"],
+                color=color,
+                ls=":",
+                lw=1.2,
+                label=f"{run}: {task} most-frequent-token baseline",
+            )
 
 
 def write_report(

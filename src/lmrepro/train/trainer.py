@@ -35,6 +35,7 @@ from lmrepro.model.llama import Transformer, flops_per_token
 from lmrepro.train import metrics as metrics_lib
 from lmrepro.train.float8 import apply_float8
 from lmrepro.train.layout import Layout, checked_model_args, plan_layout
+from lmrepro.train.objective import build_objective
 from lmrepro.train.optim import build_optimizer, clip_and_step, set_lr
 from lmrepro.train.parallel import ParallelDims, build_mesh, dp_mesh, dp_rank_and_size, parallelize
 from lmrepro.train.schedule import lr_at
@@ -151,6 +152,14 @@ class Trainer:
             dp_size=dp_size,
             vocab_size=self.model_args.vocab_size,
         )
+        self.objective = build_objective(
+            job.training,
+            vocab_size=self.model_args.vocab_size,
+            grad_accum_steps=self.grad_accum_steps,
+            dp_size=dp_size,
+            tp_size=self.dims.tp,
+            host_group=self._host_group,
+        )
         self.flops_per_token = flops_per_token(self.model_args, seq_len)
         self.peak_flops = metrics_lib.peak_flops_per_device(self.device)
 
@@ -206,18 +215,24 @@ class Trainer:
         self.checkpointer.save_final(self.model, self.optimizer, self._train_state(), self._info())
 
     # ---- training ------------------------------------------------------------------------------
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean token loss of one micro-batch, backpropagated with the accumulation scale."""
+    def forward_backward(
+        self, inputs: torch.Tensor, targets: torch.Tensor, normaliser: float | None, loss_divisor: int
+    ) -> torch.Tensor:
+        """Loss of one micro-batch (its mean, or its sum / normaliser: train/objective.py), backpropagated
+        divided by loss_divisor."""
         # FSDP casts parameters itself (MixedPrecisionPolicy); without FSDP, autocast does it.
         autocast = self.compute_dtype != torch.float32 and not self.fsdp
         with self._loss_context(), sdpa_backend(self.job.training.attention_backend):
             with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
                 if self.loss_parallel:  # logits stay vocabulary-sharded DTensors [micro, seq, vocab / tp]
-                    logits = self.model(inputs)
-                    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-                else:  # output projection fused with the loss, chunk by chunk (train/losses.py)
-                    loss = self.model(inputs, targets)
-            (loss / self.grad_accum_steps).backward()
+                    logits = self.model(inputs).flatten(0, 1).float()
+                    if normaliser is None:
+                        loss = F.cross_entropy(logits, targets.flatten())
+                    else:
+                        loss = F.cross_entropy(logits, targets.flatten(), reduction="sum") / normaliser
+                else:  # output projection fused with the loss, chunk by chunk (model/losses.py)
+                    loss = self.model(inputs, targets, normaliser)
+            (loss / loss_divisor).backward()
         return loss.detach().full_tensor() if hasattr(loss, "full_tensor") else loss.detach()
 
     def _loss_context(self):
@@ -234,18 +249,19 @@ class Trainer:
         started = time.perf_counter()
         inputs, targets = self.loader.next_batch()
         data_wait_s = time.perf_counter() - started
+        batch = self.objective.step_batch(inputs, targets, self.loader.last_sample_indices)
         loss_sum = torch.zeros((), device=self.device)
         micro = self.micro_batch_sequences
         for i in range(self.grad_accum_steps):
             if self.fsdp:
                 self.model.set_requires_gradient_sync(i == self.grad_accum_steps - 1)
-            batch = slice(i * micro, (i + 1) * micro)
-            x = inputs[batch].to(self.device, non_blocking=True)
-            y = targets[batch].to(self.device, non_blocking=True)
-            loss_sum += self.forward_backward(x, y)
+            rows = slice(i * micro, (i + 1) * micro)
+            x = batch.inputs[rows].to(self.device, non_blocking=True)
+            y = batch.labels[rows].to(self.device, non_blocking=True)
+            loss_sum += self.forward_backward(x, y, batch.normaliser, batch.loss_divisor)
         params = list(self.model.parameters())
         grad_norm = clip_and_step(self.optimizer, params, self.job.optimizer.grad_clip_norm)
-        loss = loss_sum / self.grad_accum_steps
+        loss = loss_sum / batch.loss_divisor
         if dist.is_initialized():
             dist.all_reduce(loss, op=dist.ReduceOp.AVG)
         self.tokens_seen += self.job.training.global_batch_tokens
