@@ -193,6 +193,20 @@ class MetricsConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """In-loop validation: the held-out loss inside the training job (runs.<run>.validation sets it)."""
+
+    every_steps: int = 0
+    """Held-out loss every this many steps (and at the segment's last step); 0 = no in-loop validation."""
+    name: str = ""
+    """The loss eval whose split is scored; its metric is logged as val_loss."""
+    index: str = ""
+    """The index file of the split's token shards."""
+    max_tokens: int = 32768
+    """Target tokens scored per validation, in windows spread evenly over the split."""
+
+
+@dataclass
 class JobConfig:
     run: str = "run"
     """Name of the run (results/runs/{run})."""
@@ -206,6 +220,7 @@ class JobConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 def _check_value(value: Any, annotation: Any, key: str) -> Any:

@@ -80,11 +80,12 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
                 f"{where}.segment_steps = {spec['segment_steps']} exceeds {where}.steps = {spec['steps']}"
             )
         try:
-            job = render_job_config(
-                root / spec["preset"], spec.get("overrides", {}), run_fixed_values(run, spec, root=root)
-            )
+            fixed = run_fixed_values(run, with_validation(spec, evals), root=root)
+            job = render_job_config(root / spec["preset"], spec.get("overrides", {}), fixed)
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"{where}: {e}") from None
+        if "validation" in spec:
+            _check_validation(run, spec, job, evals)
         if job.training.objective == "mlm":
             _check_mlm_run(run, spec, job, config, root)
         if "init" in spec:
@@ -119,13 +120,56 @@ def run_fixed_values(
     }
     if mode == "streaming":
         fixed_data["streaming"] = {"tokenizer": tokenizer_dir(spec["tokenizer"])}
-    return {
+    fixed = {
         "run": run,
         "run_dir": run_dir(run),
         "model": {"vocab_size": vocab_size},
         "data": fixed_data,
         "training": {"steps": spec["steps"], "mlm": mlm_ids or {"mask_token_id": -1, "never_mask_ids": []}},
     }
+    if "validation" in spec:  # resolved by with_validation
+        v = spec["validation"]
+        index = f"{shards_dir(v['dataset'], spec['tokenizer'], v['split'])}/{INDEX_FILE}"
+        fixed["validation"] = {
+            "every_steps": v["every_steps"],
+            "name": v["eval"],
+            "index": index,
+            "max_tokens": v["max_tokens"],
+        }
+    return fixed
+
+
+# ---------------------------------------------------------------------------------- in-loop validation
+
+
+def with_validation(spec: dict, evals: dict[str, dict]) -> dict:
+    """The run's spec with ``validation`` resolved: its loss eval's dataset, split and max_tokens added."""
+    if "validation" not in spec:
+        return spec
+    v = spec["validation"]
+    _require(evals, v["eval"], "validation.eval of a run", "eval")
+    task = evals[v["eval"]]
+    split, max_tokens = task.get("split"), task.get("max_tokens", 32768)
+    resolved = {**v, "dataset": task["dataset"], "split": split, "max_tokens": max_tokens}
+    return {**spec, "validation": resolved}
+
+
+def _check_validation(run: str, spec: dict, job: Any, evals: dict[str, dict]) -> None:
+    where = f"runs.{run}.validation"
+    _require(evals, spec["validation"]["eval"], f"{where}.eval", "eval")
+    task = evals[spec["validation"]["eval"]]
+    if task["kind"] != "loss":
+        raise ValueError(
+            f"{where}.eval = {spec['validation']['eval']!r} is a {task['kind']} eval; in-loop "
+            "validation scores a loss eval"
+        )
+    if job.training.objective != "causal":
+        raise ValueError(
+            f"{where}: in-loop validation scores the next-token loss; an MLM run "
+            "(training.objective = 'mlm') is evaluated by its loss evals instead"
+        )
+    if job.data.mode != "shards":
+        raise ValueError(f"{where}: in-loop validation reads token shards; data.mode = {job.data.mode!r}")
 
 
 # ------------------------------------------------------------------------------ masked language model

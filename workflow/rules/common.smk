@@ -20,6 +20,7 @@ from lmrepro.workflow import (
     shards_dir,
     tokenizer_file,
     train_shards_dir,
+    with_validation,
 )
 
 
@@ -40,7 +41,8 @@ LMREPRO_ENV = "../../envs/lmrepro.yaml"
 
 
 def run_settings(run):
-    return config["runs"][run]
+    """The run's config.yaml entry, its in-loop validation resolved to a dataset split."""
+    return with_validation(config["runs"][run], config.get("evals", {}))
 
 
 def tokenizer_train_raw(wildcards):
@@ -55,6 +57,15 @@ def run_train_data(wildcards):
     return [
         train_shards_dir(name, settings["tokenizer"]) for name in run_datasets(settings)
     ]
+
+
+def run_validation_data(wildcards):
+    """The token shards that in-loop validation scores (none without runs.<run>.validation)."""
+    settings = run_settings(wildcards.run)
+    if "validation" not in settings:
+        return []
+    v = settings["validation"]
+    return [shards_dir(v["dataset"], settings["tokenizer"], v["split"])]
 
 
 def render_settings(wildcards):

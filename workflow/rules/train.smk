@@ -6,6 +6,7 @@ rule render_train_config:
         preset=run_preset,
         tokenizer=run_tokenizer_file,
         data=run_train_data,
+        validation=run_validation_data,
     output:
         config="results/runs/{run}/train.toml",
     log:

@@ -106,6 +106,22 @@ def plot_loss(metrics_df: pd.DataFrame, evals_df: pd.DataFrame, out_base: Path) 
                 marker="." if len(rows) < 50 else None,  # a lone logged step must still show up
                 label=f"{run}: train",
             )
+        validated = (
+            metrics_df.dropna(subset=["tokens_seen", "val_loss"])
+            if _has(metrics_df, "run", "tokens_seen", "val_loss")
+            else pd.DataFrame(columns=["run"])
+        )
+        for run, rows in validated.groupby("run", sort=True):  # in-loop validation (validation.every_steps)
+            ax.plot(
+                rows["tokens_seen"],
+                rows["val_loss"],
+                color=styles[run]["color"],
+                ls=":",
+                lw=1.2,
+                marker="x",
+                ms=4,
+                label=f"{run}: in-loop validation",
+            )
         tasks = sorted(held["task"].unique())
         for (run, task), rows in held.groupby(["run", "task"], sort=True):
             rows = rows.sort_values("tokens_seen")

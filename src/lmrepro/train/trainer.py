@@ -39,6 +39,7 @@ from lmrepro.train.objective import build_objective
 from lmrepro.train.optim import build_optimizer, clip_and_step, set_lr
 from lmrepro.train.parallel import ParallelDims, build_mesh, dp_mesh, dp_rank_and_size, parallelize
 from lmrepro.train.schedule import lr_at
+from lmrepro.train.validation import Validator
 
 __all__ = ["Layout", "Trainer", "checked_model_args", "init_checkpoint", "plan_layout", "run_segment"]
 
@@ -160,6 +161,11 @@ class Trainer:
             tp_size=self.dims.tp,
             host_group=self._host_group,
         )
+        self.validator = (
+            Validator(job.validation, seq_len, dp_rank, dp_size, self.micro_batch_sequences)
+            if job.validation.every_steps > 0
+            else None
+        )
         self.flops_per_token = flops_per_token(self.model_args, seq_len)
         self.peak_flops = metrics_lib.peak_flops_per_device(self.device)
 
@@ -220,20 +226,29 @@ class Trainer:
     ) -> torch.Tensor:
         """Loss of one micro-batch (its mean, or its sum / normaliser: train/objective.py), backpropagated
         divided by loss_divisor."""
-        # FSDP casts parameters itself (MixedPrecisionPolicy); without FSDP, autocast does it.
-        autocast = self.compute_dtype != torch.float32 and not self.fsdp
-        with self._loss_context(), sdpa_backend(self.job.training.attention_backend):
-            with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
-                if self.loss_parallel:  # logits stay vocabulary-sharded DTensors [micro, seq, vocab / tp]
-                    logits = self.model(inputs).flatten(0, 1).float()
-                    if normaliser is None:
-                        loss = F.cross_entropy(logits, targets.flatten())
-                    else:
-                        loss = F.cross_entropy(logits, targets.flatten(), reduction="sum") / normaliser
-                else:  # output projection fused with the loss, chunk by chunk (model/losses.py)
-                    loss = self.model(inputs, targets, normaliser)
+        with self._loss_context():
+            loss = self._loss(inputs, targets, normaliser)
             (loss / loss_divisor).backward()
         return loss.detach().full_tensor() if hasattr(loss, "full_tensor") else loss.detach()
+
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor, normaliser: float | None) -> torch.Tensor:
+        # FSDP casts parameters itself (MixedPrecisionPolicy); without FSDP, autocast does it.
+        autocast = self.compute_dtype != torch.float32 and not self.fsdp
+        precision = torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast)
+        with sdpa_backend(self.job.training.attention_backend), precision:
+            if self.loss_parallel:  # logits stay vocabulary-sharded DTensors [micro, seq, vocab / tp]
+                logits = self.model(inputs).flatten(0, 1).float()
+                if normaliser is None:
+                    return F.cross_entropy(logits, targets.flatten())
+                return F.cross_entropy(logits, targets.flatten(), reduction="sum") / normaliser
+            # output projection fused with the loss, chunk by chunk (model/losses.py)
+            return self.model(inputs, targets, normaliser)
+
+    def validation_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss of a held-out batch, through the training forward (no gradients)."""
+        with self._loss_context():
+            loss = self._loss(inputs, targets, None)
+        return loss.full_tensor() if hasattr(loss, "full_tensor") else loss
 
     def _loss_context(self):
         if not self.loss_parallel:
@@ -319,7 +334,8 @@ class Trainer:
             while self.step < self.until_step:
                 out = self.train_step()
                 window_tokens += job.training.global_batch_tokens
-                if self.step % job.metrics.log_every_steps == 0 or self.step == self.until_step:
+                validate = self.validator is not None and self.validator.due(self.step, self.until_step)
+                if validate or self.step % job.metrics.log_every_steps == 0 or self.step == self.until_step:
                     out = {**out, "loss": float(out["loss"]), "grad_norm": float(out["grad_norm"])}  # waits
                     elapsed = time.perf_counter() - window_start
                     if not math.isfinite(out["loss"]):
@@ -328,6 +344,8 @@ class Trainer:
                         window_tokens, elapsed, self.dims.world_size, self.flops_per_token, self.peak_flops
                     )
                     memory = metrics_lib.peak_memory_gib(self.device)
+                    if validate:  # after the throughput window closed: validation is not training time
+                        out = {**out, **self.validator.run(self.validation_loss, self.device)}
                     mixture = self.loader.metrics()  # realised mixture shares
                     row = {"step": self.step, "tokens_seen": self.tokens_seen, **out, **speed}
                     writer.write({**row, "peak_memory_gib": memory, **mixture})
