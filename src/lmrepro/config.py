@@ -23,6 +23,23 @@ import tomli_w
 
 
 @dataclass
+class HFModelConfig:
+    """A Hugging Face `transformers` causal LM instead of a Llama flavor (set `config` or `model_type`)."""
+
+    config: str = ""
+    """A local folder with a transformers `config.json` (as `PretrainedConfig.save_pretrained` writes it)."""
+    model_type: str = ""
+    """A transformers model type (e.g. gpt_neo, gpt_neox, llama): `AutoConfig.for_model(model_type, ...)`."""
+    config_values: dict[str, Any] = field(default_factory=dict)
+    """Config attributes set on top (e.g. {hidden_size = 64, num_layers = 2}); vocab_size comes from the
+    run's tokenizer."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config or self.model_type)
+
+
+@dataclass
 class ModelConfig:
     flavor: str = "debug"
     """Named shape from lmrepro.model.flavors: debug, 250M, 870M, 2B, 5B, 7B, 1B, llama3.2-1B, llama3.1-8B."""
@@ -30,6 +47,8 @@ class ModelConfig:
     """Filled from the tokenizer by the workflow; the embedding and output layer have this many rows."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Per-field overrides of the flavor's ModelArgs, e.g. {n_layers = 2, causal = false}."""
+    hf: HFModelConfig = field(default_factory=HFModelConfig)
+    """A transformers causal LM as the model (flavor and overrides then unused)."""
 
 
 @dataclass
@@ -265,6 +284,25 @@ def validate(job: JobConfig) -> None:
             f"data.seq_len = {job.data.seq_len}"
         )
     _validate_data(job.data, job.training.global_batch_tokens // job.data.seq_len)
+    _validate_hf_model(job)
+
+
+def _validate_hf_model(job: JobConfig) -> None:
+    """A transformers model names one config source; Llama-only knobs are refused rather than ignored."""
+    hf = job.model.hf
+    if hf.config and hf.model_type:
+        raise ValueError("model.hf: set one of config (a local folder) or model_type, not both")
+    if not hf.enabled:
+        if hf.config_values:
+            raise ValueError("model.hf.config_values needs model.hf.config or model.hf.model_type")
+        return
+    if job.model.overrides:
+        raise ValueError("model.overrides shape a Llama flavor; with model.hf use model.hf.config_values")
+    if job.parallel.tp_degree != 1:
+        raise ValueError(
+            f"parallel.tp_degree = {job.parallel.tp_degree}: tensor parallel is only for the Llama model; "
+            "with model.hf use 1 (FSDP over data-parallel ranks works)"
+        )
 
 
 def _validate_data(data: DataConfig, global_batch_sequences: int) -> None:

@@ -85,9 +85,24 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
             )
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"{where}: {e}") from None
+        if job.model.hf.enabled:
+            _check_hf_model(run, spec, job, root)
         if "init" in spec:
             _require(bases, spec["init"], f"{where}.init", "base")
             _check_run_base(run, spec, job, config, base_args[spec["init"]])
+
+
+def _check_hf_model(run: str, spec: dict, job: Any, root: Path) -> None:
+    """A transformers model exists as named and is a causal LM (transformers is imported only here)."""
+    from lmrepro.model.hf_causal import hf_causal_args
+
+    hf = job.model.hf
+    if "init" in spec:
+        raise ValueError(f"runs.{run}.init: starting a model.hf run from a base is not supported yet")
+    try:
+        hf_causal_args(hf.config, hf.model_type, hf.config_values, vocab_size=-1, root=root)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"runs.{run}: {e}") from None
 
 
 def run_fixed_values(

@@ -56,6 +56,14 @@ CASES = {
         lambda c: c["datasets"].update(mine={"source": "local", "files": {"train": "data/nowhere.jsonl"}}),
         ["datasets.mine.files.train", "data/nowhere.jsonl"],
     ),
+    "a transformers model type that is not a causal LM": (
+        lambda c: _set_override(c, "model", "hf", {"model_type": "t5"}),
+        ["runs.tiny", "model.hf.model_type", "'t5' has no causal LM"],
+    ),
+    "a transformers config folder that does not exist": (
+        lambda c: _set_override(c, "model", "hf", {"config": "models/nowhere"}),
+        ["runs.tiny", "model.hf.config = models/nowhere: no config.json"],
+    ),
     "unknown dataset of a run": (
         lambda c: c["runs"]["tiny"].update(dataset="fineweb"),
         ["runs.tiny.dataset", "fineweb"],

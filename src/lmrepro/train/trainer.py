@@ -30,7 +30,8 @@ from lmrepro.checkpoint.segment import SegmentCheckpointer, checkpoint_info
 from lmrepro.config import JobConfig, to_dict
 from lmrepro.data.loader import build_loader
 from lmrepro.data.prefetch import initial_data_state
-from lmrepro.model.llama import Transformer, flops_per_token
+from lmrepro.model.build import build_model as build_model_of
+from lmrepro.model.build import model_flops_per_token
 from lmrepro.train import metrics as metrics_lib
 from lmrepro.train.layout import Layout, checked_model_args, plan_layout
 from lmrepro.train.optim import build_optimizer, clip_and_step, set_lr
@@ -44,9 +45,9 @@ log = logging.getLogger(__name__)
 EXIT_PREEMPTED = 143  # non-zero so Snakemake/Slurm retry the job, which then resumes from state/
 
 
-def build_model(job: JobConfig, device: torch.device | str = "meta") -> Transformer:
+def build_model(job: JobConfig, device: torch.device | str = "meta") -> torch.nn.Module:
     with torch.device(device):
-        return Transformer(checked_model_args(job))
+        return build_model_of(checked_model_args(job))
 
 
 def init_checkpoint(job: JobConfig, save_to: Path, base: Path | None = None) -> dict:
@@ -114,7 +115,7 @@ class Trainer:
         self.compute_dtype = dtype
         self.model_args = self.layout.model_args
         with torch.device("meta"):
-            self.model = Transformer(self.model_args)
+            self.model = build_model_of(self.model_args)
         self.loss_parallel = self.dims.tp > 1 and job.parallel.loss_parallel
         parallelize(
             self.model,
@@ -144,7 +145,7 @@ class Trainer:
             dp_size=dp_size,
             vocab_size=self.model_args.vocab_size,
         )
-        self.flops_per_token = flops_per_token(self.model_args, seq_len)
+        self.flops_per_token = model_flops_per_token(self.model, seq_len)
         self.peak_flops = metrics_lib.peak_flops_per_device(self.device)
 
     def _load(self) -> None:
@@ -247,7 +248,7 @@ class Trainer:
         tokens_per_step = job.training.global_batch_tokens
         log.info(
             "model %s: %.2fM parameters (%.2fM non-embedding), %.3g FLOPs/token (6N + 12·L·d·seq)",
-            job.model.flavor,
+            f"hf {self.model_args.model_type}" if job.model.hf.enabled else job.model.flavor,
             self.model.num_params() / 1e6,
             self.model.num_params(exclude_embeddings=True) / 1e6,
             self.flops_per_token,
