@@ -141,3 +141,30 @@ def test_tensor_parallel_is_refused_for_hf_models():
     job.parallel.tp_degree = 2
     with pytest.raises(ValueError, match="tensor parallel is only for the Llama model"):
         validate(job)
+
+
+def test_export_is_save_pretrained_and_reloads_with_equal_logits(tmp_path, tiny_data):
+    from helpers import write_train_toml
+
+    from lmrepro.checkpoint.dcp import load_model
+    from lmrepro.checkpoint.export import export_checkpoint
+    from lmrepro.config import load_job_config
+    from lmrepro.data.tokenizer import load_tokenizer
+    from lmrepro.train.trainer import init_checkpoint
+
+    folder = write_tiny_config(tmp_path / "neo", "gpt_neo")
+    hf = {"overrides": {}, "hf": {"config": str(folder)}}
+    config = write_train_toml(tmp_path / "train.toml", tmp_path, tiny_data["train_index"], model=hf)
+    init_checkpoint(load_job_config(config), tmp_path / "step-0")
+    record = export_checkpoint(tmp_path / "step-0", tmp_path / "export", tokenizer_dir=tiny_data["tokenizer"])
+    assert record["step"] == 0
+    files = sorted(p.name for p in (tmp_path / "export").iterdir())
+    assert files == ["export.json", "hf"]  # no Meta consolidated.pth / params.json for a transformers model
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export" / "hf")
+    tok = load_tokenizer(tiny_data["tokenizer"])
+    assert (reloaded.config.bos_token_id, reloaded.config.eos_token_id) == (tok.bos_id, tok.eos_id)
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "export" / "hf").vocab_size == tok.vocab_size
+    ours, _ = load_model(tmp_path / "step-0")
+    tokens = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=tokens).logits, ours(tokens))
