@@ -99,6 +99,21 @@ class DataConfig:
 
 
 @dataclass
+class KFACOptions:
+    """K-FAC preconditioning of every nn.Linear but the output layer (train/kfac.py), as the seed's --kfac."""
+
+    enabled: bool = False
+    factor_update_steps: int = 0
+    """Update the Kronecker factors every this many steps (required, >= 1, when enabled; as in the seed)."""
+    inv_update_steps: int = 0
+    """Recompute their eigendecompositions every this many steps (required, >= 1, when enabled)."""
+    damping: float = 0.001
+    kl_clip: float = 0.001
+    factor_decay: float = 0.95
+    """Running average: F ← decay·F + (1 − decay)·F_step."""
+
+
+@dataclass
 class OptimizerConfig:
     name: Literal["adamw"] = "adamw"
     lr: float = 3e-3
@@ -109,6 +124,7 @@ class OptimizerConfig:
     weight_decay: float = 0.1
     grad_clip_norm: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
+    kfac: KFACOptions = field(default_factory=KFACOptions)
 
 
 @dataclass
@@ -285,6 +301,32 @@ def validate(job: JobConfig) -> None:
         )
     _validate_data(job.data, job.training.global_batch_tokens // job.data.seq_len)
     _validate_hf_model(job)
+    _validate_kfac(job)
+
+
+def _validate_kfac(job: JobConfig) -> None:
+    """K-FAC's intervals are required (as the seed's); layouts its hooks cannot serve are refused."""
+    kfac = job.optimizer.kfac
+    if not kfac.enabled:
+        return
+    for key in ("factor_update_steps", "inv_update_steps"):
+        if getattr(kfac, key) < 1:
+            raise ValueError(f"optimizer.kfac.{key} must be set (>= 1) when optimizer.kfac.enabled = true")
+    if not 0.0 <= kfac.factor_decay < 1.0:
+        raise ValueError(f"optimizer.kfac.factor_decay must be in [0, 1), got {kfac.factor_decay}")
+    if kfac.damping < 0 or kfac.kl_clip <= 0:
+        raise ValueError("optimizer.kfac.damping must be >= 0 and optimizer.kfac.kl_clip > 0")
+    refused = {
+        "parallel.tp_degree": (job.parallel.tp_degree != 1, "1 (tensor-parallel Linear weights are sharded)"),
+        "training.activation_checkpoint": (
+            job.training.activation_checkpoint != "none",
+            "none (the recomputed forward would run K-FAC's hooks again)",
+        ),
+        "training.compile": (job.training.compile, "false (K-FAC's module hooks are not compiled)"),
+    }
+    for key, (bad, valid) in refused.items():
+        if bad:
+            raise ValueError(f"optimizer.kfac.enabled = true needs {key} = {valid}")
 
 
 def _validate_hf_model(job: JobConfig) -> None:

@@ -100,9 +100,25 @@ def _check_hf_model(run: str, spec: dict, job: Any, root: Path) -> None:
     if "init" in spec:
         raise ValueError(f"runs.{run}.init: starting a model.hf run from a base is not supported yet")
     try:
-        hf_causal_args(hf.config, hf.model_type, hf.config_values, vocab_size=-1, root=root)
+        args = hf_causal_args(hf.config, hf.model_type, hf.config_values, vocab_size=-1, root=root)
+        if job.optimizer.kfac.enabled:  # K-FAC's layer check on a meta-device build (GPT-2's Conv1D)
+            _check_kfac_layers(args)
     except (ValueError, FileNotFoundError) as e:
         raise type(e)(f"runs.{run}: {e}") from None
+
+
+def _check_kfac_layers(args: Any) -> None:
+    import torch
+
+    from lmrepro.model.build import build_model, output_layer_name
+    from lmrepro.train.kfac import KFAC, KFACConfig
+
+    with torch.device("meta"):
+        model = build_model(args)
+    try:
+        KFAC(model, KFACConfig(skip_modules=(output_layer_name(model),))).remove()
+    except ValueError as e:
+        raise ValueError(f"optimizer.kfac.enabled = true: {e}") from None
 
 
 def run_fixed_values(

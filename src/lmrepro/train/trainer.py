@@ -31,8 +31,9 @@ from lmrepro.config import JobConfig, to_dict
 from lmrepro.data.loader import build_loader
 from lmrepro.data.prefetch import initial_data_state
 from lmrepro.model.build import build_model as build_model_of
-from lmrepro.model.build import model_flops_per_token
+from lmrepro.model.build import model_flops_per_token, output_layer_name
 from lmrepro.train import metrics as metrics_lib
+from lmrepro.train.kfac import build_kfac
 from lmrepro.train.layout import Layout, checked_model_args, plan_layout
 from lmrepro.train.optim import build_optimizer, clip_and_step, set_lr
 from lmrepro.train.parallel import ParallelDims, build_mesh, dp_mesh, dp_rank_and_size, parallelize
@@ -67,6 +68,8 @@ def init_checkpoint(job: JobConfig, save_to: Path, base: Path | None = None) -> 
     info = checkpoint_info(job, model.args, step=0, tokens_seen=0, origin=None, init=init)
     data_state = initial_data_state(job.data.seed, job.data.seq_len)
     train_state = {"step": 0, "tokens_seen": 0, "data": data_state, "rng": torch.get_rng_state()}
+    if (kfac := build_kfac(model, job.optimizer.kfac, output_layer_name(model))) is not None:
+        train_state["kfac"] = kfac.state_dict()  # fresh: no factors yet; the template of every resume
     extra = {INIT_RECORD: json.dumps(init_record, indent=2) + "\n"} if init_record else None
     return dcp.save(save_to, model, None, train_state, info, extra_files=extra)
 
@@ -133,6 +136,7 @@ class Trainer:
             warnings.filterwarnings("ignore", message="DTensor random operators")
             self.model.init_weights()  # fills the non-persistent RoPE buffer
         self.optimizer = build_optimizer(self.model, job.optimizer, fused=self.device.type == "cuda")
+        self.kfac = build_kfac(self.model, job.optimizer.kfac, output_layer_name(self.model))
 
         seq_len = job.data.seq_len
         dp_rank, dp_size = dp_rank_and_size(self.dims)
@@ -155,16 +159,21 @@ class Trainer:
         self.tokens_seen = int(template["tokens_seen"])
         self.loader.load_state_dict(template["data"])
         torch.set_rng_state(template["rng"])
+        if self.kfac is not None:
+            self.kfac.load_state_dict(template["kfac"])
         log.info("loaded %s at step %d (%d tokens seen)", path, self.step, self.tokens_seen)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _train_state(self) -> dict:
-        return {
+        state = {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "data": self.loader.state_dict(),
             "rng": torch.get_rng_state(),
         }
+        if self.kfac is not None:  # factors, eigendecompositions, step counter: a resume is exact
+            state["kfac"] = self.kfac.state_dict()
+        return state
 
     def _info(self) -> dict:
         dims = self.dims
@@ -226,6 +235,10 @@ class Trainer:
             x = inputs[batch].to(self.device, non_blocking=True)
             y = targets[batch].to(self.device, non_blocking=True)
             loss_sum += self.forward_backward(x, y)
+        if self.kfac is not None:
+            # Once, after the last micro-batch: factors summed over all of them, the full gradient
+            # preconditioned (the seed did it after the first). Clipping then bounds what AdamW receives.
+            self.kfac.step(lr)
         params = list(self.model.parameters())
         grad_norm = clip_and_step(self.optimizer, params, self.job.optimizer.grad_clip_norm)
         loss = loss_sum / self.grad_accum_steps
