@@ -168,3 +168,20 @@ def test_export_is_save_pretrained_and_reloads_with_equal_logits(tmp_path, tiny_
     tokens = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=tokens).logits, ours(tokens))
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_activation_checkpointing_wraps_the_blocks_and_keeps_the_gradients(tmp_path, mode):
+    from lmrepro.train.parallel import apply_ac
+
+    args = hf_causal_args(str(write_tiny_config(tmp_path / "neo", "gpt_neo")), "", {}, VOCAB)
+    plain, checkpointed = seeded_model(args), seeded_model(args)
+    apply_ac(checkpointed, mode)
+    assert all(type(b).__name__ == "CheckpointWrapper" for b in checkpointed.layers.children())
+    assert all(type(b).__name__ == "CheckpointWrapper" for b in checkpointed.transformer.h)  # the model's own
+    window = torch.randint(0, VOCAB, (2, 17), generator=torch.Generator().manual_seed(2))
+    for model in (plain, checkpointed):
+        model(window[:, :-1], window[:, 1:]).backward()
+    grads = {n: p.grad for n, p in plain.named_parameters()}
+    for name, p in checkpointed.named_parameters():
+        assert torch.equal(p.grad, grads[name.replace("._checkpoint_wrapped_module", "")]), name
