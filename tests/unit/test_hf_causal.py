@@ -185,3 +185,44 @@ def test_activation_checkpointing_wraps_the_blocks_and_keeps_the_gradients(tmp_p
     grads = {n: p.grad for n, p in plain.named_parameters()}
     for name, p in checkpointed.named_parameters():
         assert torch.equal(p.grad, grads[name.replace("._checkpoint_wrapped_module", "")]), name
+
+
+def test_init_from_a_transformers_folder_and_its_parse_time_checks(tmp_path, tiny_data):
+    from helpers import write_train_toml
+
+    from lmrepro.checkpoint.dcp import load_model
+    from lmrepro.config import load_job_config
+    from lmrepro.train.trainer import init_checkpoint
+    from lmrepro.workflow import _check_base, _check_run_transformers_base
+
+    # a "released" model: a trained-elsewhere transformers folder with the run's 300-token vocabulary
+    config = transformers.AutoConfig.for_model("gpt_neo", vocab_size=300, **TINY["gpt_neo"])
+    torch.manual_seed(5)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "base")
+    released = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    hf = {"overrides": {}, "hf": {"config": str(tmp_path / "base")}}
+    train = write_train_toml(tmp_path / "train.toml", tmp_path, tiny_data["train_index"], model=hf)
+    init_checkpoint(load_job_config(train), tmp_path / "step-0", base=tmp_path / "base")
+    model, info = load_model(tmp_path / "step-0")
+    assert info["init"]["base"] == str(tmp_path / "base")
+    theirs = released.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
+
+    spec = {"format": "transformers", "path": "base"}
+    assert _check_base("neo", spec, tmp_path).vocab_size == 300
+    with pytest.raises(ValueError, match="a transformers base keeps its vocabulary"):
+        _check_base("neo", {**spec, "vocab": "resize"}, tmp_path)
+    settings = {"bases": {"neo": spec}, "tokenizers": {"t": {"kind": "bpe", "vocab_size": 300}}}
+    run = {"init": "neo", "tokenizer": "t"}
+    _check_run_transformers_base("r", run, load_job_config(train), settings, tmp_path)  # the same folder: ok
+    other = write_train_toml(
+        tmp_path / "other.toml",
+        tmp_path,
+        tiny_data["train_index"],
+        model={"overrides": {}, "hf": {"model_type": "gpt_neo"}},
+    )
+    with pytest.raises(ValueError, match=r"runs.r.init: a run started from transformers base neo sets"):
+        _check_run_transformers_base("r", run, load_job_config(other), settings, tmp_path)
+    settings["tokenizers"]["t"]["vocab_size"] = 512
+    with pytest.raises(ValueError, match="base neo has 300 tokens but tokenizer t has 512"):
+        _check_run_transformers_base("r", run, load_job_config(train), settings, tmp_path)
