@@ -23,6 +23,23 @@ import tomli_w
 
 
 @dataclass
+class HFModelConfig:
+    """A Hugging Face `transformers` causal LM instead of a Llama flavor (set `config` or `model_type`)."""
+
+    config: str = ""
+    """A local folder with a transformers `config.json` (as `PretrainedConfig.save_pretrained` writes it)."""
+    model_type: str = ""
+    """A transformers model type (e.g. gpt_neo, gpt_neox, llama): `AutoConfig.for_model(model_type, ...)`."""
+    config_values: dict[str, Any] = field(default_factory=dict)
+    """Config attributes set on top (e.g. {hidden_size = 64, num_layers = 2}); vocab_size comes from the
+    run's tokenizer."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config or self.model_type)
+
+
+@dataclass
 class ModelConfig:
     flavor: str = "debug"
     """Named shape from lmrepro.model.flavors: debug, 250M, 870M, 2B, 5B, 7B, 1B, llama3.2-1B, llama3.1-8B."""
@@ -30,6 +47,8 @@ class ModelConfig:
     """Filled from the tokenizer by the workflow; the embedding and output layer have this many rows."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Per-field overrides of the flavor's ModelArgs, e.g. {n_layers = 2, causal = false}."""
+    hf: HFModelConfig = field(default_factory=HFModelConfig)
+    """A transformers causal LM as the model (flavor and overrides then unused)."""
 
 
 @dataclass
@@ -80,6 +99,21 @@ class DataConfig:
 
 
 @dataclass
+class KFACOptions:
+    """K-FAC preconditioning of every nn.Linear but the output layer (train/kfac.py), as the seed's --kfac."""
+
+    enabled: bool = False
+    factor_update_steps: int = 0
+    """Update the Kronecker factors every this many steps (required, >= 1, when enabled; as in the seed)."""
+    inv_update_steps: int = 0
+    """Recompute their eigendecompositions every this many steps (required, >= 1, when enabled)."""
+    damping: float = 0.001
+    kl_clip: float = 0.001
+    factor_decay: float = 0.95
+    """Running average: F ← decay·F + (1 − decay)·F_step."""
+
+
+@dataclass
 class OptimizerConfig:
     name: Literal["adamw"] = "adamw"
     lr: float = 3e-3
@@ -93,6 +127,7 @@ class OptimizerConfig:
     weight_decay_params: Literal["matrices", "all"] = "matrices"
     """Which parameters weight decay applies to: matrices (>= 2-D; norms and biases exempt, as Llama,
     nanoGPT and Hugging Face recipes) or all (the torchtitan forks decay every parameter)."""
+    kfac: KFACOptions = field(default_factory=KFACOptions)
 
 
 @dataclass
@@ -319,6 +354,8 @@ def validate(job: JobConfig) -> None:
         )
     _validate_data(job.data, job.training.global_batch_tokens // job.data.seq_len)
     check_objective(job.training.objective, job.model.overrides.get("causal", True), job.training.mlm)
+    _validate_hf_model(job)
+    _validate_kfac(job)
 
 
 def check_objective(objective: str, causal: Any, mlm: MLMConfig) -> None:
@@ -343,6 +380,65 @@ def check_objective(objective: str, causal: Any, mlm: MLMConfig) -> None:
         raise ValueError(f"training.mlm.mask_ratio must be a number with 0 < ratio < 1, got {r!r}")
     if isinstance(mlm.mask_token, str) and not mlm.mask_token:
         raise ValueError("training.mlm.mask_token must be a token string or an id, got ''")
+
+
+def _validate_kfac(job: JobConfig) -> None:
+    """K-FAC's intervals are required (as the seed's); layouts its hooks cannot serve are refused."""
+    kfac = job.optimizer.kfac
+    if not kfac.enabled:
+        return
+    for key in ("factor_update_steps", "inv_update_steps"):
+        if getattr(kfac, key) < 1:
+            raise ValueError(f"optimizer.kfac.{key} must be set (>= 1) when optimizer.kfac.enabled = true")
+    if not 0.0 <= kfac.factor_decay < 1.0:
+        raise ValueError(f"optimizer.kfac.factor_decay must be in [0, 1), got {kfac.factor_decay}")
+    if kfac.damping < 0 or kfac.kl_clip <= 0:
+        raise ValueError("optimizer.kfac.damping must be >= 0 and optimizer.kfac.kl_clip > 0")
+    refused = {
+        "parallel.tp_degree": (job.parallel.tp_degree != 1, "1 (tensor-parallel Linear weights are sharded)"),
+        "training.activation_checkpoint": (
+            job.training.activation_checkpoint != "none",
+            "none (the recomputed forward would run K-FAC's hooks again)",
+        ),
+        "training.compile": (job.training.compile, "false (K-FAC's module hooks are not compiled)"),
+    }
+    refused["training.objective"] = (
+        job.training.objective != "causal",
+        "'causal' (its factors assume the mean loss over rows, not over masked tokens)",
+    )
+    for key, (bad, valid) in refused.items():
+        if bad:
+            raise ValueError(f"optimizer.kfac.enabled = true needs {key} = {valid}")
+
+
+def _validate_hf_model(job: JobConfig) -> None:
+    """A transformers model names one config source; Llama-only knobs are refused rather than ignored."""
+    hf = job.model.hf
+    if hf.config and hf.model_type:
+        raise ValueError("model.hf: set one of config (a local folder) or model_type, not both")
+    if not hf.enabled:
+        if hf.config_values:
+            raise ValueError("model.hf.config_values needs model.hf.config or model.hf.model_type")
+        return
+    if job.model.overrides:
+        raise ValueError("model.overrides shape a Llama flavor; with model.hf use model.hf.config_values")
+    if job.parallel.tp_degree != 1:
+        raise ValueError(
+            f"parallel.tp_degree = {job.parallel.tp_degree}: tensor parallel is only for the Llama model; "
+            "with model.hf use 1 (FSDP over data-parallel ranks works)"
+        )
+    for key, value, default in (
+        ("training.float8", job.training.float8, "off"),
+        ("training.residual_dtype", job.training.residual_dtype, "compute"),
+        ("training.objective", job.training.objective, "causal"),
+    ):
+        if value != default:
+            raise ValueError(f"{key} = {value!r} is for the Llama model; with model.hf keep {default!r}")
+    if job.training.attention_backend == "flash_attn":
+        raise ValueError(
+            "training.attention_backend = 'flash_attn' is for the Llama model; with model.hf use an SDPA "
+            "backend (auto, flash, efficient, cudnn, math)"
+        )
 
 
 def _validate_data(data: DataConfig, global_batch_sequences: int) -> None:

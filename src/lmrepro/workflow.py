@@ -88,9 +88,51 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
             _check_validation(run, spec, job, evals)
         if job.training.objective == "mlm":
             _check_mlm_run(run, spec, job, config, root)
+        if job.model.hf.enabled:
+            _check_hf_model(run, spec, job, root)
         if "init" in spec:
             _require(bases, spec["init"], f"{where}.init", "base")
-            _check_run_base(run, spec, job, config, base_args[spec["init"]])
+            transformers_base = bases[spec["init"]]["format"] == "transformers"
+            if transformers_base != job.model.hf.enabled:
+                raise ValueError(
+                    f"{where}.init: base {spec['init']} is of format {bases[spec['init']]['format']}; "
+                    + (
+                        "a Llama run starts from an hf or meta base"
+                        if transformers_base
+                        else "a model.hf run starts from a base of format transformers"
+                    )
+                )
+            if transformers_base:
+                _check_run_transformers_base(run, spec, job, config, root)
+            else:
+                _check_run_base(run, spec, job, config, base_args[spec["init"]])
+
+
+def _check_hf_model(run: str, spec: dict, job: Any, root: Path) -> None:
+    """A transformers model exists as named and is a causal LM (transformers is imported only here)."""
+    from lmrepro.model.hf_causal import hf_causal_args
+
+    hf = job.model.hf
+    try:
+        args = hf_causal_args(hf.config, hf.model_type, hf.config_values, vocab_size=-1, root=root)
+        if job.optimizer.kfac.enabled:  # K-FAC's layer check on a meta-device build (GPT-2's Conv1D)
+            _check_kfac_layers(args)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"runs.{run}: {e}") from None
+
+
+def _check_kfac_layers(args: Any) -> None:
+    import torch
+
+    from lmrepro.model.build import build_model, output_layer_name
+    from lmrepro.train.kfac import KFAC, KFACConfig
+
+    with torch.device("meta"):
+        model = build_model(args)
+    try:
+        KFAC(model, KFACConfig(skip_modules=(output_layer_name(model),))).remove()
+    except ValueError as e:
+        raise ValueError(f"optimizer.kfac.enabled = true: {e}") from None
 
 
 def run_fixed_values(
@@ -224,16 +266,41 @@ def tokenizer_mlm_ids(mlm: Any, tok: Any) -> dict:
 
 
 def _check_base(name: str, spec: dict, root: Path) -> Any:
-    """The base's folder exists and its config file describes a Llama; returns its ModelArgs."""
+    """The base's folder exists and its config file describes a Llama (a transformers causal LM for format
+    `transformers`); returns its ModelArgs (HFCausalArgs)."""
     from lmrepro.checkpoint.convert import read_base_args
+    from lmrepro.model.hf_causal import hf_causal_args
 
     path = root / spec["path"]
     if not path.is_dir():
         raise FileNotFoundError(f"bases.{name}.path: {spec['path']} is not a folder")
     try:
+        if spec["format"] == "transformers":
+            if spec.get("vocab", "keep") != "keep":
+                raise ValueError("vocab: a transformers base keeps its vocabulary (keep)")
+            return hf_causal_args(spec["path"], "", {}, vocab_size=-1, root=root)
         return read_base_args(spec["format"], path)
     except (ValueError, FileNotFoundError) as e:
         raise type(e)(f"bases.{name}: {e}") from None
+
+
+def _check_run_transformers_base(run: str, spec: dict, job: Any, config: dict[str, Any], root: Path) -> None:
+    """A model.hf run from a transformers base is that very model: model.hf.config names the base's folder
+    (so train.toml records the architecture) and the tokenizer has the base's vocabulary size."""
+    base = config["bases"][spec["init"]]
+    same = job.model.hf.config and (root / job.model.hf.config).resolve() == (root / base["path"]).resolve()
+    if not same or job.model.hf.config_values:
+        raise ValueError(
+            f"runs.{run}.init: a run started from transformers base {spec['init']} sets "
+            f"model.hf.config = {base['path']} (the base's folder) and no model.hf.config_values"
+        )
+    vocab = config["tokenizers"][spec["tokenizer"]].get("vocab_size")
+    base_vocab = _check_base(spec["init"], base, root).vocab_size
+    if vocab is not None and vocab != base_vocab:
+        raise ValueError(
+            f"runs.{run}.init: base {spec['init']} has {base_vocab} tokens but tokenizer {spec['tokenizer']} "
+            f"has {vocab}; a transformers base keeps its vocabulary"
+        )
 
 
 def _check_run_base(run: str, spec: dict, job: Any, config: dict[str, Any], base_args: Any) -> None:

@@ -56,6 +56,23 @@ CASES = {
         lambda c: c["datasets"].update(mine={"source": "local", "files": {"train": "data/nowhere.jsonl"}}),
         ["datasets.mine.files.train", "data/nowhere.jsonl"],
     ),
+    "a transformers model type that is not a causal LM": (
+        lambda c: _set_override(c, "model", "hf", {"model_type": "t5"}),
+        ["runs.tiny", "model.hf.model_type", "'t5' has no causal LM"],
+    ),
+    "a transformers config folder that does not exist": (
+        lambda c: _set_override(c, "model", "hf", {"config": "models/nowhere"}),
+        ["runs.tiny", "model.hf.config = models/nowhere: no config.json"],
+    ),
+    "K-FAC on GPT-2's Conv1D": (
+        lambda c: (
+            _set_override(c, "model", "hf", {"model_type": "gpt2", "config_values": {"n_layer": 1}}),
+            _set_override(
+                c, "optimizer", "kfac", {"enabled": True, "factor_update_steps": 1, "inv_update_steps": 1}
+            ),
+        ),
+        ["runs.tiny", "optimizer.kfac.enabled = true", "Conv1D"],
+    ),
     "unknown dataset of a run": (
         lambda c: c["runs"]["tiny"].update(dataset="fineweb"),
         ["runs.tiny.dataset", "fineweb"],

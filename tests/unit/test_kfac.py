@@ -266,7 +266,7 @@ def one_rank_group():
     dist.destroy_process_group()
 
 
-def test_refuses_tensor_parallel_and_fsdp(one_rank_group):
+def test_refuses_tensor_parallel_accepts_fsdp(one_rank_group):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
@@ -275,9 +275,42 @@ def test_refuses_tensor_parallel_and_fsdp(one_rank_group):
     tp = parallelize_module(_net(), mesh, {"fc1": ColwiseParallel()})
     with pytest.raises(ValueError, match=r"'fc1'.*parallel\.tp_degree"):
         KFAC(tp)
+    # FSDP2 (one rank here; 2 ranks in tests/integration/test_train_kfac.py): the same update as unsharded
     fsdp = fully_shard(_net(), mesh=init_device_mesh("cpu", (1,), mesh_dim_names=("dp_shard",)))
-    with pytest.raises(ValueError, match=r"FSDP2.*parallel\.dp_shard_degree"):
-        KFAC(fsdp)
+    plain = _net()
+    grads = []
+    for model in (fsdp, plain):
+        kfac = KFAC(model, KFACConfig())
+        x, y = _data()
+        nn.functional.mse_loss(model(x), y).backward()
+        kfac.step(lr=0.1)
+        grads.append([_full_grad(p) for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def _full_grad(p):
+    return p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+
+
+def test_state_dict_has_fixed_shapes_before_the_first_update():
+    model = _net()
+    fresh = KFAC(model, KFACConfig()).state_dict()
+    kfac = KFAC(_net(), KFACConfig())
+    x, y = _data()
+    nn.functional.mse_loss(kfac.layers["fc1"].module(x).sum(-1, keepdim=True).expand(-1, 3), y).backward()
+    kfac.step(lr=0.1)
+    used = kfac.state_dict()
+    for name in fresh["layers"]:
+        for key, value in fresh["layers"][name].items():
+            other = used["layers"][name][key]
+            assert value.shape == other.shape and value.dtype == other.dtype
+    assert fresh["layers"]["fc1"]["present"].tolist() == [0] * 6
+    assert used["layers"]["fc1"]["present"].tolist() == [1] * 6
+    assert used["layers"]["fc2"]["present"].tolist() == [0] * 6  # fc2 saw no rows: factors stay unset
+    restored = KFAC(_net(), KFACConfig())
+    restored.load_state_dict(used)
+    assert restored.layers["fc2"].A is None and torch.equal(restored.layers["fc1"].A, kfac.layers["fc1"].A)
 
 
 # --- a tiny real model -------------------------------------------------------------------------------------
@@ -314,3 +347,56 @@ def test_tiny_gpt_neo_attaches_to_linears_and_trains():
         opt.zero_grad()
     assert losses[-1] < losses[0] - 0.1
     assert all(layer.QA is not None for layer in kfac.layers.values())
+
+
+# --- the trainer's config (optimizer.kfac) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kfac, sections, message",
+    [
+        ({"factor_update_steps": 0}, {}, r"optimizer\.kfac\.factor_update_steps must be set"),
+        ({"inv_update_steps": 0}, {}, r"optimizer\.kfac\.inv_update_steps must be set"),
+        ({"factor_decay": 1.0}, {}, r"factor_decay must be in \[0, 1\)"),
+        ({}, {"parallel": {"tp_degree": 2}}, r"needs parallel\.tp_degree = 1"),
+        (
+            {},
+            {"training": {"activation_checkpoint": "full"}},
+            r"needs training\.activation_checkpoint = none",
+        ),
+        ({}, {"training": {"compile": True}}, r"needs training\.compile = false"),
+    ],
+)
+def test_trainer_config_refuses_what_kfac_cannot_do(kfac, sections, message):
+    from lmrepro.config import JobConfig, from_dict, validate
+
+    options = {"enabled": True, "factor_update_steps": 1, "inv_update_steps": 1, **kfac}
+    job = from_dict(JobConfig, {"optimizer": {"kfac": options}, **sections})
+    with pytest.raises(ValueError, match=message):
+        validate(job)
+
+
+def test_build_kfac_skips_the_output_layer_of_both_backends():
+    from lmrepro.config import KFACOptions
+    from lmrepro.model.build import build_model, output_layer_name
+    from lmrepro.model.flavors import model_args
+    from lmrepro.model.hf_causal import hf_causal_args
+    from lmrepro.train.kfac import build_kfac
+
+    options = KFACOptions(enabled=True, factor_update_steps=1, inv_update_steps=1)
+    assert build_kfac(_net(), KFACOptions(), "output") is None
+    llama = build_model(model_args("debug", 64, n_layers=1))
+    names = set(build_kfac(llama, options, output_layer_name(llama)).layers)
+    assert names == {f"layers.0.attention.w{x}" for x in "qkvo"} | {
+        f"layers.0.feed_forward.w{i}" for i in (1, 2, 3)
+    }
+    neo = build_model(
+        hf_causal_args(
+            "",
+            "gpt_neo",
+            {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "attention_types": [[["global"], 1]]},
+            64,
+        )
+    )
+    names = set(build_kfac(neo, options, output_layer_name(neo)).layers)
+    assert "lm_head" not in names and len(names) == 6  # q, k, v, out_proj, c_fc, c_proj

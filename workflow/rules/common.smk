@@ -162,8 +162,11 @@ def tokenizer_spec(wildcards):
 
 
 def run_init_base(wildcards):
-    """The converted base a run starts from (runs.<run>.init); none means a seeded random init."""
+    """The base a run starts from (runs.<run>.init): its DCP conversion, or a `transformers` folder read in
+    place by from_pretrained; none means a seeded random init."""
     base = run_settings(wildcards.run).get("init")
+    if base and config["bases"][base]["format"] == "transformers":
+        return [config["bases"][base]["path"]]
     return [base_dcp_dir(base)] if base else []
 
 

@@ -1,5 +1,7 @@
 rule export_checkpoint:
-    """A checkpoint's model weights as consolidated.pth + params.json and a Hugging Face folder hf/."""
+    """A checkpoint's model weights as a Hugging Face folder hf/ (+ consolidated.pth and params.json for our
+    Llama; a transformers model, model.hf, is written by save_pretrained) and export.json.
+    """
     input:
         checkpoint="results/runs/{run}/checkpoints/step-{step}",
         tokenizer=run_tokenizer_file,

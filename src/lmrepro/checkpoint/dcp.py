@@ -32,8 +32,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from lmrepro.checkpoint.hf import model_shapes
 from lmrepro.io import partial_path, read_json, write_json
-from lmrepro.model.flavors import args_from_params_json
-from lmrepro.model.llama import ModelArgs, Transformer
+from lmrepro.model.build import ModelSpec, args_from_info, build_model, has_model_info, model_state_shapes
+from lmrepro.model.llama import ModelArgs
 from lmrepro.provenance import provenance
 
 CHECKPOINT_INFO = "meta.json"  # our checkpoint's info file; its presence marks the folder complete
@@ -215,14 +215,14 @@ def purge_old(folder: str | Path, keep_latest_k: int) -> None:
 # ------------------------------------------------------------------------------ reading model keys
 
 
-def checkpoint_model_args(checkpoint_dir: str | Path) -> tuple[ModelArgs, dict]:
-    """(ModelArgs, meta.json) of an lmrepro DCP checkpoint (a run's or a converted base's)."""
+def checkpoint_model_args(checkpoint_dir: str | Path) -> tuple[ModelSpec, dict]:
+    """(ModelArgs or HFCausalArgs, meta.json) of an lmrepro DCP checkpoint (a run's or a converted base's)."""
     info = read_checkpoint_info(checkpoint_dir)
-    if "model_args" not in info:
+    if not has_model_info(info):
         raise ValueError(
             f"{checkpoint_dir}/{CHECKPOINT_INFO} has no model_args; it was not written by lmrepro"
         )
-    return args_from_params_json(info["model_args"]), info
+    return args_from_info(info), info
 
 
 def model_tensor_specs(checkpoint_dir: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -236,10 +236,10 @@ def model_tensor_specs(checkpoint_dir: str | Path) -> dict[str, tuple[tuple[int,
 
 
 def check_model_tensors(
-    specs: dict[str, tuple[tuple[int, ...], torch.dtype]], args: ModelArgs, where: str | Path
+    specs: dict[str, tuple[tuple[int, ...], torch.dtype]], args: ModelSpec, where: str | Path
 ) -> None:
     """Every parameter of ``args``'s model is stored with its shape, and nothing else is: else ValueError."""
-    expected = model_shapes(args)
+    expected = model_shapes(args) if isinstance(args, ModelArgs) else model_state_shapes(args)
     for key, shape in expected.items():
         if key not in specs:
             raise ValueError(f"{where}: checkpoint is missing model key {key!r}")
@@ -248,7 +248,7 @@ def check_model_tensors(
                 f"{where}: model key {key!r} has shape {list(specs[key][0])}, the model args say "
                 f"{list(shape)}"
             )
-    tied_copy = {"output.weight"} if args.tie_embeddings else set()  # training saves both tied names
+    tied_copy = {"output.weight"} if getattr(args, "tie_embeddings", False) else set()  # saved twice
     unexpected = sorted(set(specs) - set(expected) - tied_copy)
     if unexpected:
         raise ValueError(f"{where}: checkpoint has model keys the model does not have: {unexpected[:5]}")
@@ -259,15 +259,17 @@ def read_model_tensors(checkpoint_dir: str | Path, dests: dict[str, torch.Tensor
     dcp.load({"model": dests}, checkpoint_id=str(checkpoint_dir))
 
 
-def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
+def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """(our model with the weights of a DCP checkpoint, its meta.json); single process, no process group."""
     args, info = checkpoint_model_args(checkpoint_dir)
-    check_model_tensors(model_tensor_specs(checkpoint_dir), args, checkpoint_dir)
+    specs = model_tensor_specs(checkpoint_dir)
+    check_model_tensors(specs, args, checkpoint_dir)
     with torch.device("meta"):
-        model = Transformer(args)
+        model = build_model(args)
     model.to_empty(device=device)
-    model.init_weights()  # fills the non-persistent RoPE buffer; every weight is overwritten below
+    model.init_weights()  # fills the non-persistent buffers (RoPE, masks); every weight is overwritten below
     state = model.state_dict()  # shares storage with the parameters: DCP loads in place
-    read_model_tensors(checkpoint_dir, {key: state[key] for key in model_shapes(args)})
+    keys = model_shapes(args) if isinstance(args, ModelArgs) else [k for k in state if k in specs]
+    read_model_tensors(checkpoint_dir, {key: state[key] for key in keys})
     model.eval()
     return model, info

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ import torch
 from lmrepro.checkpoint.dcp import (
     check_model_tensors,
     checkpoint_model_args,
+    load_model,
     model_tensor_specs,
     read_model_tensors,
 )
@@ -27,6 +29,7 @@ from lmrepro.checkpoint.hf import model_shapes, write_hf_folder
 from lmrepro.data.tokenizer import load_tokenizer
 from lmrepro.io import atomic_folder, write_json
 from lmrepro.model.flavors import params_json
+from lmrepro.model.hf_causal import HFCausalArgs
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,33 @@ def dcp_to_hf(
     )
 
 
+def save_hf_causal(
+    checkpoint_dir: str | Path,
+    out_dir: Path,
+    *,
+    tokenizer_dir: str | Path,
+    bos_token_id: int | None,
+    eos_token_id: int | None,
+    dtype: torch.dtype,
+) -> None:
+    """A transformers model's checkpoint as ``save_pretrained`` writes it, plus the run's tokenizer files.
+
+    The whole model is loaded once (transformers' names already, see model/hf_causal.py); BOS/EOS come
+    from the tokenizer, as in the Llama export.
+    """
+    model, _ = load_model(checkpoint_dir)
+    hf = model.hf.to(dtype)
+    for config in (hf.config, hf.generation_config):
+        if config is not None:
+            config.bos_token_id, config.eos_token_id = bos_token_id, eos_token_id
+    hf.config.use_cache = True  # training turned the cache off per call; generation wants it
+    hf.save_pretrained(str(out_dir), safe_serialization=True)
+    for f in sorted(Path(tokenizer_dir).iterdir()):
+        is_weights = f.name.endswith((".safetensors", ".safetensors.index.json", ".bin", ".pth"))
+        if f.is_file() and not is_weights and not (out_dir / f.name).exists():
+            shutil.copy2(f, out_dir / f.name)
+
+
 def export_checkpoint(
     checkpoint_dir: str | Path,
     out_dir: str | Path,
@@ -123,9 +153,9 @@ def export_checkpoint(
     tokenizer_dir: str | Path,
     dtype: str = "float32",
 ) -> dict:
-    """Write out_dir/consolidated.pth, params.json, hf/ and export.json (atomically, as one folder).
-
-    A bidirectional model gets NO_HF_FILE, one line saying why, instead of hf/.
+    """Write out_dir/hf/ and export.json (atomically, as one folder); a Llama also gets consolidated.pth
+    + params.json (Meta's format), a transformers model (model.hf) only its ``save_pretrained`` folder.
+    A bidirectional Llama gets NO_HF_FILE, one line saying why, instead of hf/.
     """
     if dtype not in DTYPES:
         raise ValueError(f"export dtype {dtype!r} is not valid; choose one of {sorted(DTYPES)}")
@@ -141,21 +171,20 @@ def export_checkpoint(
             f"vocab_size {args.vocab_size}"
         )
     with atomic_folder(out_dir) as tmp:
-        count = write_consolidated(checkpoint_dir, tmp, DTYPES[dtype])
-        log.info("wrote consolidated.pth (%d tensors, %s)", count, dtype)
-        if args.causal:
-            dcp_to_hf(
-                checkpoint_dir,
-                tmp / "hf",
-                tokenizer_dir=tokenizer_dir,
-                bos_token_id=tok.bos_id,
-                eos_token_id=tok.eos_id,
-                dtype=dtype,
-            )
+        ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id}
+        if isinstance(args, HFCausalArgs):
+            hf_dtype = DTYPES[dtype]
+            save_hf_causal(checkpoint_dir, tmp / "hf", tokenizer_dir=tokenizer_dir, dtype=hf_dtype, **ids)
             log.info("wrote Hugging Face folder hf/")
         else:
-            (tmp / NO_HF_FILE).write_text(NO_HF_REASON)
-            log.info("bidirectional model: no Hugging Face folder (%s)", NO_HF_FILE)
+            count = write_consolidated(checkpoint_dir, tmp, DTYPES[dtype])
+            log.info("wrote consolidated.pth (%d tensors, %s)", count, dtype)
+            if args.causal:
+                dcp_to_hf(checkpoint_dir, tmp / "hf", tokenizer_dir=tokenizer_dir, dtype=dtype, **ids)
+                log.info("wrote Hugging Face folder hf/")
+            else:
+                (tmp / NO_HF_FILE).write_text(NO_HF_REASON)
+                log.info("bidirectional model: no Hugging Face folder (%s)", NO_HF_FILE)
         record = {
             "checkpoint": str(checkpoint_dir),
             "step": info.get("step"),  # a converted base has no step, no tokens seen and no run

@@ -20,6 +20,7 @@ import torch
 from lmrepro.checkpoint.convert import CONVERSION, VOCAB_KEYS
 from lmrepro.checkpoint.dcp import checkpoint_model_args, model_tensor_specs, read_model_tensors
 from lmrepro.checkpoint.hf import model_shapes
+from lmrepro.model.hf_causal import HFCausalLM
 from lmrepro.model.llama import ModelArgs, Transformer
 
 INIT_RECORD = "init.json"
@@ -40,12 +41,36 @@ def check_base_shape(run_args: ModelArgs, base_args: ModelArgs, base: str) -> No
             )
 
 
-def init_from_base(model: Transformer, base_dir: str | Path) -> dict:
-    """Overwrite a (seeded, randomly initialised) model in place with a converted base's weights.
+def init_from_pretrained(model: HFCausalLM, folder: str | Path) -> dict:
+    """A transformers model's weights from a local folder (``from_pretrained``, float32), strictly: every
+    tensor of the run's model, same shapes (the vocabulary included), nothing else."""
+    from transformers import AutoModelForCausalLM
+
+    pretrained = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
+    theirs, ours = pretrained.state_dict(), model.state_dict()
+    if set(theirs) != set(ours):
+        diff = sorted(set(theirs) ^ set(ours))
+        raise ValueError(f"{folder}: its model's keys differ from the run's model: {diff[:5]}")
+    for key, value in ours.items():
+        if value.shape != theirs[key].shape:
+            raise ValueError(
+                f"{folder}: {key} has shape {list(theirs[key].shape)}, the run's model {list(value.shape)}"
+            )
+    with torch.no_grad():
+        for key, value in ours.items():
+            value.copy_(theirs[key])
+    return {"base": str(folder), "base_checkpoint_id": None, "vocab": "keep", "loaded": sorted(ours)}
+
+
+def init_from_base(model: Transformer | HFCausalLM, base_dir: str | Path) -> dict:
+    """Overwrite a (seeded, randomly initialised) model in place with a converted base's weights (a
+    transformers model: with a local folder's, :func:`init_from_pretrained`).
 
     Keys the base left out (``vocab: drop``) keep their random init; with ``vocab: resize`` the
     embedding/output rows are resized. Returns the record that step-0 stores as ``init.json``.
     """
+    if isinstance(model, HFCausalLM):
+        return init_from_pretrained(model, base_dir)
     base_dir = Path(base_dir)
     base_args, info = checkpoint_model_args(base_dir)
     conversion_path = base_dir / CONVERSION

@@ -20,15 +20,14 @@ from torch import nn
 
 from lmrepro.checkpoint import dcp
 from lmrepro.config import JobConfig, config_sha256
-from lmrepro.model.flavors import params_json
-from lmrepro.model.llama import ModelArgs
+from lmrepro.model.build import ModelSpec, model_info
 from lmrepro.train.metrics import segment_rows
 
 log = logging.getLogger(__name__)
 
 
 def checkpoint_info(
-    job: JobConfig, args: ModelArgs, step: int, tokens_seen: int, origin: str | None, **fields
+    job: JobConfig, args: ModelSpec, step: int, tokens_seen: int, origin: str | None, **fields
 ) -> dict:
     """The meta.json of a checkpoint of ``job`` (dcp.save adds checkpoint_id, contents, provenance).
 
@@ -41,7 +40,7 @@ def checkpoint_info(
         "tokens_seen": tokens_seen,
         "config_sha256": config_sha256(job),
         "origin": origin,
-        "model_args": params_json(args),
+        **model_info(args),
         "seq_len": job.data.seq_len,
         **objective_info(job),
         **fields,
@@ -89,7 +88,7 @@ class SegmentCheckpointer:
                 f"{job.training.steps}"
             )
 
-    def info(self, args: ModelArgs, step: int, tokens_seen: int, **fields) -> dict:
+    def info(self, args: ModelSpec, step: int, tokens_seen: int, **fields) -> dict:
         return checkpoint_info(self.job, args, step, tokens_seen, self.origin, **fields)
 
     def pick_start(self) -> Path:

@@ -28,10 +28,12 @@ g_row = (dℓ_row/dy) / n and G_step = n² Σ g gᵀ / n: the factors do not dep
 Data parallel (DDP / replicated gradients): the sums and row counts are all-reduced over `group` (the
 default group when torch.distributed is initialised) before each factor update, so every rank holds the
 same factors and inverses (each rank computes all eigendecompositions; nothing is distributed).
-Tensor parallel is refused (DTensor-sharded Linear weights: `parallel.tp_degree` must be 1). FSDP2 is
-refused too (`parallel.dp_shard_degree`): its hooks would see unsharded activations and output
-gradients, but `.grad` is a Shard(0) DTensor, while the preconditioner needs the whole [out, in] gradient
-(it would need an all-gather per layer, or factors sharded by rows). Activation checkpointing is untested.
+Tensor parallel is refused (DTensor-sharded Linear weights on a `tp` mesh: `parallel.tp_degree` must be 1).
+FSDP2 / HSDP work: the hooks see the unsharded activations and output gradients of the local rows, so the
+factors are reduced exactly as under DDP; `.grad` is a Shard(0) DTensor, so each layer's gradient is
+all-gathered (`full_tensor`), preconditioned whole (identically on every rank) and each rank keeps its own
+rows — one all-gather of the gradients per step. Activation checkpointing and compile are refused by the
+trainer's config (the recomputed forward would run the hooks again).
 GPT-2's `transformers.pytorch_utils.Conv1D` is refused: use GPT-Neo / GPT-NeoX / Llama (nn.Linear).
 """
 
@@ -43,6 +45,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from lmrepro.config import KFACOptions
 
 
 @dataclass
@@ -78,24 +82,39 @@ def _is_conv1d(module: nn.Module) -> bool:
     return isinstance(module, Conv1D)
 
 
+DATA_PARALLEL_MESH_DIMS = {"dp_shard", "dp_replicate"}  # FSDP2 / HSDP meshes (train/parallel.py)
+
+
 def _check_layout(model: nn.Module, name: str, module: nn.Linear) -> None:
     from torch.distributed.tensor import DTensor
 
-    if not isinstance(module.weight, DTensor):
+    weight = module.weight
+    if not isinstance(weight, DTensor):
         return
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover
-        FSDPModule = ()
-    if any(isinstance(m, FSDPModule) for m in model.modules()):
-        raise ValueError(
-            f"kfac: {name!r} is sharded by FSDP2 (parallel.dp_shard_degree > 1); K-FAC needs the whole "
-            "gradient of each Linear: use replicated data parallel (parallel.dp_shard_degree = 1)"
-        )
+    dims = set(weight.device_mesh.mesh_dim_names or ())
+    if dims <= DATA_PARALLEL_MESH_DIMS:  # FSDP2 / HSDP: gathered per layer in step()
+        return
     raise ValueError(
-        f"kfac: {name!r} has a DTensor-sharded weight ({module.weight.placements}): tensor parallel is not "
-        "supported by K-FAC, set parallel.tp_degree = 1"
+        f"kfac: {name!r} has a DTensor-sharded weight ({weight.placements} on mesh dims {sorted(dims)}): "
+        "tensor parallel is not supported by K-FAC, set parallel.tp_degree = 1"
     )
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a (FSDP-sharded) DTensor gradient; a plain tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _assign(dest: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy `full` (the same on every rank) into `dest`, or into this rank's shard of a DTensor `dest`."""
+    if not hasattr(dest, "to_local"):
+        dest.copy_(full)
+        return
+    from torch.distributed.tensor import distribute_tensor
+
+    # src_data_rank=None: every rank holds `full` already and cuts its own shard, no communication.
+    local = distribute_tensor(full, dest.device_mesh, dest.placements, src_data_rank=None).to_local()
+    dest.to_local().copy_(local)
 
 
 class _Layer:
@@ -159,10 +178,11 @@ class _Layer:
         m = self.module
         if m.weight.grad is None:
             return None
+        weight = _full(m.weight.grad)
         if not self.has_bias:
-            return m.weight.grad
-        bias = m.bias.grad if m.bias.grad is not None else torch.zeros_like(m.bias)
-        return torch.cat([m.weight.grad, bias[:, None]], dim=1)
+            return weight
+        bias = _full(m.bias.grad) if m.bias.grad is not None else weight.new_zeros(weight.shape[0])
+        return torch.cat([weight, bias[:, None]], dim=1)
 
     def precondition(self, grad: torch.Tensor, damping: float) -> torch.Tensor:
         g = grad.to(self.QA.dtype)
@@ -173,11 +193,26 @@ class _Layer:
     def set_grad(self, grad: torch.Tensor) -> None:
         m = self.module
         if self.has_bias:
-            m.weight.grad.copy_(grad[:, :-1])
+            _assign(m.weight.grad, grad[:, :-1])
             if m.bias.grad is not None:
-                m.bias.grad.copy_(grad[:, -1])
+                _assign(m.bias.grad, grad[:, -1].contiguous())
         else:
-            m.weight.grad.copy_(grad)
+            _assign(m.weight.grad, grad)
+
+    def state_shapes(self, inv_dtype: torch.dtype) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of every saved state entry, known before the first update (a DCP template)."""
+        w = self.module.weight
+        n_in, n_out = w.shape[1] + self.has_bias, w.shape[0]
+        factor = torch.promote_types(w.dtype, torch.float32)
+        inv = torch.promote_types(factor, inv_dtype)
+        return {
+            "A": ((n_in, n_in), factor),
+            "G": ((n_out, n_out), factor),
+            "QA": ((n_in, n_in), inv),
+            "dA": ((n_in,), inv),
+            "QG": ((n_out, n_out), inv),
+            "dG": ((n_out,), inv),
+        }
 
 
 class KFAC:
@@ -282,12 +317,22 @@ class KFAC:
         self._handles = []
 
     def state_dict(self) -> dict:
-        """Plain tensors (for DCP): the step counter, and per layer its factors and eigendecompositions."""
+        """Plain tensors (for DCP): the step counter, and per layer its factors and eigendecompositions.
+
+        Every entry is always present, with fixed shapes (zeros and ``present = 0`` before the first
+        update), so a fresh KFAC's state_dict is the template DCP loads a checkpoint into.
+        """
         state: dict = {"steps": torch.tensor(self.steps, dtype=torch.int64), "layers": {}}
+        inv_dtype = getattr(torch, self.config.inv_dtype)
         for name, layer in self.layers.items():
-            state["layers"][name] = {
-                k: getattr(layer, k).clone() for k in self._STATE if getattr(layer, k) is not None
-            }
+            device = layer.module.weight.device
+            entries = {}
+            for k, (shape, dtype) in layer.state_shapes(inv_dtype).items():
+                value = getattr(layer, k)
+                unset = value is None
+                entries[k] = torch.zeros(shape, dtype=dtype, device=device) if unset else value.clone()
+            entries["present"] = torch.tensor([int(getattr(layer, k) is not None) for k in self._STATE])
+            state["layers"][name] = entries
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -298,8 +343,25 @@ class KFAC:
         self.steps = int(state["steps"])
         for name, layer in self.layers.items():
             saved = state["layers"].get(name, {})
+            present = saved.get("present", torch.tensor([int(k in saved) for k in self._STATE]))
             device = layer.module.weight.device
-            for k in self._STATE:
-                setattr(layer, k, saved[k].clone().to(device) if k in saved else None)
+            for k, here in zip(self._STATE, present.tolist(), strict=True):
+                setattr(layer, k, saved[k].clone().to(device) if here else None)
             layer.a_sum = layer.g_sum = None
             layer.rows = 0
+
+
+def build_kfac(model: nn.Module, options: KFACOptions, output_layer: str) -> KFAC | None:
+    """The trainer's K-FAC from `optimizer.kfac` (None when disabled): every nn.Linear but `output_layer`
+    (embeddings are no nn.Linear), factors reduced over all ranks (the data-parallel ones: TP is refused)."""
+    if not options.enabled:
+        return None
+    config = KFACConfig(
+        factor_update_steps=options.factor_update_steps,
+        inv_update_steps=options.inv_update_steps,
+        factor_decay=options.factor_decay,
+        damping=options.damping,
+        kl_clip=options.kl_clip,
+        skip_modules=(output_layer,),
+    )
+    return KFAC(model, config)

@@ -5,17 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmrepro.config import JobConfig, check_streams
+from lmrepro.model.build import ModelSpec
 from lmrepro.model.flavors import model_args
-from lmrepro.model.llama import ModelArgs
+from lmrepro.model.hf_causal import hf_causal_args
 from lmrepro.train.parallel import ParallelDims, resolve_parallel_dims
 
 
-def checked_model_args(job: JobConfig) -> ModelArgs:
-    args = model_args(job.model.flavor, job.model.vocab_size, **job.model.overrides)
-    if job.data.seq_len > args.max_seq_len:
+def checked_model_args(job: JobConfig) -> ModelSpec:
+    """The run's model: a Llama flavor (+ overrides), or the transformers config of ``model.hf``."""
+    hf = job.model.hf
+    if hf.enabled:
+        args = hf_causal_args(hf.config, hf.model_type, hf.config_values, job.model.vocab_size)
+        limit, fix = args.max_seq_len, "model.hf.config_values.max_position_embeddings"
+    else:
+        args = model_args(job.model.flavor, job.model.vocab_size, **job.model.overrides)
+        limit, fix = args.max_seq_len, "model.overrides.max_seq_len"
+    if limit is not None and job.data.seq_len > limit:
         raise ValueError(
-            f"data.seq_len = {job.data.seq_len} exceeds the model's max_seq_len = {args.max_seq_len} "
-            f"(flavor {job.model.flavor}); lower data.seq_len or set model.overrides.max_seq_len"
+            f"data.seq_len = {job.data.seq_len} exceeds the model's max_seq_len = {limit} "
+            f"({job.model.flavor if not hf.enabled else args.model_type}); lower data.seq_len or set {fix}"
         )
     return args
 
@@ -25,7 +33,7 @@ class Layout:
     """How a job's batch and model map onto its ranks; derived and checked before any process group."""
 
     dims: ParallelDims
-    model_args: ModelArgs
+    model_args: ModelSpec
     global_batch_sequences: int
     local_batch_sequences: int
     micro_batch_sequences: int

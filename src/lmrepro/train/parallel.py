@@ -69,7 +69,7 @@ def resolve_parallel_dims(
             f"parallel degrees replicate {cfg.dp_replicate_degree} × shard {dp_shard} × tp {cfg.tp_degree} "
             f"= {dp_shard * other} do not equal the world size {world_size}"
         )
-    if model_args is not None and cfg.tp_degree > 1:
+    if isinstance(model_args, ModelArgs) and cfg.tp_degree > 1:
         for key in ("n_heads", "n_kv_heads"):
             if getattr(model_args, key) % cfg.tp_degree:
                 raise ValueError(
@@ -131,7 +131,7 @@ def apply_tp(model: nn.Module, mesh: DeviceMesh, loss_parallel: bool) -> None:
             ),
         },
     )
-    for block in model.layers.values():
+    for block in model.layers.children():
         plan = {
             "attention_norm": SequenceParallel(),
             "attention": PrepareModuleInput(
@@ -179,7 +179,7 @@ def apply_ac(model: nn.Module, mode: str) -> None:
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
     policy = _op_sac_policy()
-    for name, block in list(model.layers.items()):
+    for name, block in list(model.layers.named_children()):
         if mode == "full":
             wrapped = checkpoint_wrapper(block, preserve_rng_state=False)
         else:
@@ -193,7 +193,7 @@ def apply_ac(model: nn.Module, mode: str) -> None:
 
 def apply_compile(model: nn.Module, mode: str = "default") -> None:
     """Compile each block separately: the blocks share one graph, so compile time does not grow with depth."""
-    for name, block in list(model.layers.items()):
+    for name, block in list(model.layers.named_children()):
         model.layers.register_module(name, torch.compile(block, fullgraph=True, mode=mode))
 
 
@@ -202,7 +202,7 @@ def apply_fsdp(
 ) -> None:
     """Shard each block, then the root; compute in param_dtype, reduce gradients in float32."""
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    blocks = list(model.layers.values())
+    blocks = list(model.layers.children())
     for i, block in enumerate(blocks):
         # The last block's parameters are needed again right away by backward: keep them gathered.
         fully_shard(

@@ -31,9 +31,12 @@ from lmrepro.config import JobConfig, to_dict
 from lmrepro.data.loader import build_loader
 from lmrepro.data.prefetch import initial_data_state
 from lmrepro.model.attention import flash_attn_kernel, flash_attn_version, sdpa_backend
-from lmrepro.model.llama import Transformer, flops_per_token
+from lmrepro.model.build import build_model as build_model_of
+from lmrepro.model.build import model_flops_per_token, output_layer_name
+from lmrepro.model.llama import Transformer
 from lmrepro.train import metrics as metrics_lib
 from lmrepro.train.float8 import apply_float8
+from lmrepro.train.kfac import build_kfac
 from lmrepro.train.layout import Layout, checked_model_args, plan_layout
 from lmrepro.train.objective import build_objective
 from lmrepro.train.optim import build_optimizer, clip_and_step, set_lr
@@ -48,9 +51,9 @@ log = logging.getLogger(__name__)
 EXIT_PREEMPTED = 143  # non-zero so Snakemake/Slurm retry the job, which then resumes from state/
 
 
-def build_model(job: JobConfig, device: torch.device | str = "meta") -> Transformer:
+def build_model(job: JobConfig, device: torch.device | str = "meta") -> torch.nn.Module:
     with torch.device(device):
-        return Transformer(checked_model_args(job))
+        return build_model_of(checked_model_args(job))
 
 
 def init_checkpoint(job: JobConfig, save_to: Path, base: Path | None = None) -> dict:
@@ -70,6 +73,8 @@ def init_checkpoint(job: JobConfig, save_to: Path, base: Path | None = None) -> 
     info = checkpoint_info(job, model.args, step=0, tokens_seen=0, origin=None, init=init)
     data_state = initial_data_state(job.data.seed, job.data.seq_len)
     train_state = {"step": 0, "tokens_seen": 0, "data": data_state, "rng": torch.get_rng_state()}
+    if (kfac := build_kfac(model, job.optimizer.kfac, output_layer_name(model))) is not None:
+        train_state["kfac"] = kfac.state_dict()  # fresh: no factors yet; the template of every resume
     extra = {INIT_RECORD: json.dumps(init_record, indent=2) + "\n"} if init_record else None
     return dcp.save(save_to, model, None, train_state, info, extra_files=extra)
 
@@ -122,7 +127,7 @@ class Trainer:
         self.compute_dtype = dtype
         self.model_args = self.layout.model_args
         with torch.device("meta"):
-            self.model = Transformer(self.model_args)
+            self.model = build_model_of(self.model_args)
         self._set_numerics(job.training)
         self.loss_parallel = self.dims.tp > 1 and job.parallel.loss_parallel
         parallelize(
@@ -141,6 +146,7 @@ class Trainer:
             warnings.filterwarnings("ignore", message="DTensor random operators")
             self.model.init_weights()  # fills the non-persistent RoPE buffer
         self.optimizer = build_optimizer(self.model, job.optimizer, fused=self.device.type == "cuda")
+        self.kfac = build_kfac(self.model, job.optimizer.kfac, output_layer_name(self.model))
 
         seq_len = job.data.seq_len
         dp_rank, dp_size = dp_rank_and_size(self.dims)
@@ -166,12 +172,15 @@ class Trainer:
             if job.validation.every_steps > 0
             else None
         )
-        self.flops_per_token = flops_per_token(self.model_args, seq_len)
+        self.flops_per_token = model_flops_per_token(self.model, seq_len)
         self.peak_flops = metrics_lib.peak_flops_per_device(self.device)
 
     def _set_numerics(self, training) -> None:
         """float8 Linears, the attention kernel and the one-GPU residual dtype, on the meta model before
-        compile and FSDP; a setting this machine cannot run is a one-line ValueError naming its key."""
+        compile and FSDP; a setting this machine cannot run is a one-line ValueError naming its key.
+        Llama only (config.validate refuses them with model.hf)."""
+        if not isinstance(self.model, Transformer):
+            return
         self.model.residual_fp32 = training.residual_dtype == "float32"
         converted = apply_float8(self.model, training.float8, self.device)
         if converted:
@@ -187,16 +196,21 @@ class Trainer:
         self.tokens_seen = int(template["tokens_seen"])
         self.loader.load_state_dict(template["data"])
         torch.set_rng_state(template["rng"])
+        if self.kfac is not None:
+            self.kfac.load_state_dict(template["kfac"])
         log.info("loaded %s at step %d (%d tokens seen)", path, self.step, self.tokens_seen)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _train_state(self) -> dict:
-        return {
+        state = {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "data": self.loader.state_dict(),
             "rng": torch.get_rng_state(),
         }
+        if self.kfac is not None:  # factors, eigendecompositions, step counter: a resume is exact
+            state["kfac"] = self.kfac.state_dict()
+        return state
 
     def _info(self) -> dict:
         dims = self.dims
@@ -274,6 +288,10 @@ class Trainer:
             x = batch.inputs[rows].to(self.device, non_blocking=True)
             y = batch.labels[rows].to(self.device, non_blocking=True)
             loss_sum += self.forward_backward(x, y, batch.normaliser, batch.loss_divisor)
+        if self.kfac is not None:
+            # Once, after the last micro-batch: factors summed over all of them, the full gradient
+            # preconditioned (the seed did it after the first). Clipping then bounds what AdamW receives.
+            self.kfac.step(lr)
         params = list(self.model.parameters())
         grad_norm = clip_and_step(self.optimizer, params, self.job.optimizer.grad_clip_norm)
         loss = loss_sum / batch.loss_divisor
@@ -296,7 +314,7 @@ class Trainer:
         tokens_per_step = job.training.global_batch_tokens
         log.info(
             "model %s: %.2fM parameters (%.2fM non-embedding), %.3g FLOPs/token (6N + 12·L·d·seq)",
-            job.model.flavor,
+            f"hf {self.model_args.model_type}" if job.model.hf.enabled else job.model.flavor,
             self.model.num_params() / 1e6,
             self.model.num_params(exclude_embeddings=True) / 1e6,
             self.flops_per_token,
