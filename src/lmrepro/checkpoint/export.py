@@ -70,7 +70,7 @@ def objective_record(args, info: dict) -> dict:
     """{"objective", "attention"} (+ "mlm": the masking settings) of a checkpoint (meta.json ``info``)."""
     record = {
         "objective": info.get("objective", "causal"),  # converted bases and older checkpoints: causal
-        "attention": "causal" if args.causal else "bidirectional",
+        "attention": "causal" if getattr(args, "causal", True) else "bidirectional",  # model.hf: causal LMs
     }
     return {**record, **({"mlm": info["mlm"]} if "mlm" in info else {})}
 
@@ -192,7 +192,7 @@ def export_checkpoint(
             "dtype": dtype,
             "run": info.get("run"),
             **objective_record(args, info),
-            "hf": "hf" if args.causal else None,
+            "hf": "hf" if getattr(args, "causal", True) else None,
         }
         write_json(tmp / "export.json", record)
     return record
