@@ -12,9 +12,12 @@ def main() -> None:
     parser.add_argument("--shards", required=True, help="folder of the held-out token shards")
     parser.add_argument("--task", required=True)
     parser.add_argument("--max-tokens", type=int, required=True, help="evals.<task>.max_tokens")
+    parser.add_argument(
+        "--token-weights", help="the run's training.token_weights file: also the weighted loss"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    evaluate_loss_task(args.checkpoint, args.shards, args.task, args.max_tokens, args.out)
+    evaluate_loss_task(args.checkpoint, args.shards, args.task, args.max_tokens, args.out, args.token_weights)
 
 
 if __name__ == "__main__":

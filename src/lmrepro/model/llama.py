@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmrepro.model.losses import linear_cross_entropy
+from lmrepro.model.losses import linear_cross_entropy, weighted_linear_cross_entropy
 
 
 @dataclass
@@ -319,11 +319,19 @@ class Transformer(nn.Module):
             # torchtitan: logits start with ~unit variance regardless of width.
             _trunc_normal_(self.output.weight, self.args.dim**-0.5)
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        target_weights: torch.Tensor | None = None,
+        normaliser: float | None = None,
+    ):
         """tokens [b, s] (int64) -> logits [b, s, vocab] in the parameters' dtype.
 
         With ``targets`` [b, s], returns the mean next-token cross-entropy instead, fused with the output
-        projection so the full logits are never materialised (see lmrepro.model.losses).
+        projection so the full logits are never materialised (see lmrepro.model.losses). With
+        ``target_weights`` [b, s] too: (sum(w * ce) / normaliser, sum(ce)), the token-weighted loss share
+        of this micro-batch and its plain loss sum.
         """
         if tokens.shape[1] > self.freqs_cis.shape[0]:
             raise ValueError(
@@ -344,6 +352,11 @@ class Transformer(nn.Module):
         for layer in self.layers.values():
             h = layer(h, self.freqs_cis)  # [b, s, dim]
         h = self.norm(h)
+        if targets is not None and target_weights is not None:
+            flat = h.flatten(0, 1)
+            return weighted_linear_cross_entropy(
+                flat, self.output.weight, targets.flatten(), target_weights.flatten(), normaliser
+            )
         if targets is not None:
             return linear_cross_entropy(h.flatten(0, 1), self.output.weight, targets.flatten())
         return self.output(h)  # [b, s, vocab]

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from lmrepro.checkpoint import dcp
 from lmrepro.checkpoint.init_base import INIT_RECORD, init_from_base
 from lmrepro.checkpoint.segment import SegmentCheckpointer, checkpoint_info
-from lmrepro.config import JobConfig, to_dict
+from lmrepro.config import JobConfig, to_dict, token_weights_file
 from lmrepro.data.loader import build_loader
 from lmrepro.data.prefetch import initial_data_state
 from lmrepro.model.llama import Transformer, flops_per_token
+from lmrepro.model.losses import load_token_weights
 from lmrepro.train import metrics as metrics_lib
 from lmrepro.train.layout import Layout, checked_model_args, plan_layout
 from lmrepro.train.optim import build_optimizer, clip_and_step, set_lr
@@ -135,6 +136,11 @@ class Trainer:
 
         seq_len = job.data.seq_len
         dp_rank, dp_size = dp_rank_and_size(self.dims)
+        self.dp_size = dp_size
+        weights_file = token_weights_file(job)
+        self.token_weights = None
+        if weights_file is not None:
+            self.token_weights = load_token_weights(weights_file, self.model_args.vocab_size).to(self.device)
         self.micro_batch_sequences = self.layout.micro_batch_sequences
         self.grad_accum_steps = self.layout.grad_accum_steps
         self.loader = build_loader(
@@ -202,6 +208,48 @@ class Trainer:
             (loss / self.grad_accum_steps).backward()
         return loss.detach().full_tensor() if hasattr(loss, "full_tensor") else loss.detach()
 
+    def forward_backward_weighted(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        target_weights: torch.Tensor,
+        normaliser: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted loss share, plain loss sum) of one micro-batch; the share is sum(w · ce) over the
+        micro-batch divided by the global batch's weight sum, so the shares of all micro-batches and ranks
+        add up to the global weighted mean (model/losses.py). FSDP averages gradients over the dp ranks,
+        so the share is backpropagated times dp: the ranks' gradients then add up."""
+        autocast = self.compute_dtype != torch.float32 and not self.fsdp
+        with attention_backend(self.job.training.attention_backend):
+            with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
+                share, plain = self.model(inputs, targets, target_weights, normaliser)
+            (share * self.dp_size).backward()
+        return share.detach(), plain
+
+    def _weighted_micro_batches(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+        """Token-weighted step: the normaliser is the weight sum of the GLOBAL batch, known before any
+        forward; returns the unweighted loss per token and the weighted loss of the global batch."""
+        target_weights = self.token_weights[targets.to(self.device)]
+        normaliser = target_weights.sum()
+        if dist.is_initialized():
+            dist.all_reduce(normaliser, op=dist.ReduceOp.SUM)
+        weighted = torch.zeros((), device=self.device)
+        plain = torch.zeros((), device=self.device)
+        micro = self.micro_batch_sequences
+        for i in range(self.grad_accum_steps):
+            if self.fsdp:
+                self.model.set_requires_gradient_sync(i == self.grad_accum_steps - 1)
+            batch = slice(i * micro, (i + 1) * micro)
+            x = inputs[batch].to(self.device, non_blocking=True)
+            y = targets[batch].to(self.device, non_blocking=True)
+            share, ce_sum = self.forward_backward_weighted(x, y, target_weights[batch], normaliser)
+            weighted += share
+            plain += ce_sum
+        sums = torch.stack([weighted, plain])
+        if dist.is_initialized():
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        return {"loss": sums[1] / self.job.training.global_batch_tokens, "weighted_loss": sums[0]}
+
     def _loss_context(self):
         if not self.loss_parallel:
             return nullcontext()
@@ -216,6 +264,13 @@ class Trainer:
         started = time.perf_counter()
         inputs, targets = self.loader.next_batch()
         data_wait_s = time.perf_counter() - started
+        if self.token_weights is not None:
+            losses = self._weighted_micro_batches(inputs, targets)
+            grad_norm = clip_and_step(
+                self.optimizer, list(self.model.parameters()), self.job.optimizer.grad_clip_norm
+            )
+            self.tokens_seen += self.job.training.global_batch_tokens
+            return {**losses, "lr": lr, "grad_norm": grad_norm, "data_wait_s": data_wait_s}
         loss_sum = torch.zeros((), device=self.device)
         micro = self.micro_batch_sequences
         for i in range(self.grad_accum_steps):
@@ -286,9 +341,10 @@ class Trainer:
                 out = self.train_step()
                 window_tokens += job.training.global_batch_tokens
                 if self.step % job.metrics.log_every_steps == 0 or self.step == self.until_step:
-                    out = {**out, "loss": float(out["loss"]), "grad_norm": float(out["grad_norm"])}  # waits
+                    floats = {k: float(out[k]) for k in ("loss", "weighted_loss", "grad_norm") if k in out}
+                    out = {**out, **floats}  # waits for the device
                     elapsed = time.perf_counter() - window_start
-                    if not math.isfinite(out["loss"]):
+                    if not math.isfinite(out["loss"]) or not math.isfinite(out.get("weighted_loss", 0.0)):
                         raise FloatingPointError(f"loss is {out['loss']} at step {self.step}")
                     speed = metrics_lib.throughput(
                         window_tokens, elapsed, self.dims.world_size, self.flops_per_token, self.peak_flops
