@@ -184,3 +184,24 @@ def test_no_data_does_not_crash(tmp_path: Path) -> None:
     loss_only = load_evals([_eval(tmp_path, "a", 1, "heldout", "loss", {"loss": 2.0, "perplexity": 7.4})])
     assert len(plot_loss(metrics, load_evals([]), tmp_path / "loss_no_evals")) == 2
     assert len(plot_eval_accuracy(loss_only, tmp_path / "acc_none", chance=0.5)) == 2
+
+
+def test_baselines_are_columns_beside_the_loss_and_lines_in_the_loss_plot(tmp_path) -> None:
+    import json
+
+    from lmrepro.report.plots import write_report
+
+    evals = []
+    for step, loss in ((0, 5.0), (10, 1.0)):
+        path = tmp_path / f"test-{step}.json"
+        path.write_text(json.dumps({"run": "r", "step": step, "tokens_seen": step * 100, "task": "test",
+                                    "kind": "loss", "metrics": {"loss": loss}}))  # fmt: skip
+        evals.append(path)
+    baseline = tmp_path / "trigram.json"
+    baseline.write_text(json.dumps({"run": "r", "task": "trigram", "kind": "ngram", "n": 3,
+                                    "metrics": {"loss": 1.5}}))  # fmt: skip
+    written = write_report({}, evals, tmp_path / "report", baseline_paths=[baseline])
+    summary = written["summary.csv"].read_text().splitlines()
+    assert summary[0].endswith("test/loss,trigram/loss")
+    assert summary[1].endswith("5.0,1.5") and summary[2].endswith("1.0,1.5")
+    assert "r: trigram (3-gram) 1.500" in written["loss.svg"].read_text()

@@ -123,12 +123,14 @@ def plot_loss(
                 color=styles[run]["color"],
                 label=f"{run}: {task}",
             )
-        for row in (baselines_df if baselines_df is not None else pd.DataFrame()).itertuples(index=False):
+        baselines = baselines_df if baselines_df is not None else pd.DataFrame(columns=["task"])
+        baseline_tasks = sorted(baselines["task"].unique())
+        for row in baselines.itertuples(index=False):
             color = styles[row.run]["color"] if row.run in styles else "0.3"
+            ls = (":", "-.", (0, (1, 3)), (0, (5, 2)))[baseline_tasks.index(row.task) % 4]
             n = f"{int(row.n)}-gram" if row.n == row.n else row.kind  # NaN n: the kind names it
-            ax.axhline(
-                row.loss, color=color, ls=":", lw=1.5, label=f"{row.run}: {row.task} ({n}) {row.loss:.3f}"
-            )
+            label = f"{row.run}: {row.task} ({n}) {row.loss:.3f}"
+            ax.axhline(row.loss, color=color, ls=ls, lw=1.5, label=label)
         ax.xaxis.set_major_formatter(EngFormatter())
         ax.legend(fontsize="small")
         return _save(fig, out_base)

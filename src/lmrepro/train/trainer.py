@@ -226,26 +226,17 @@ class Trainer:
             (share * self.dp_size).backward()
         return share.detach(), plain
 
-    def _weighted_micro_batches(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+    def _weighted_losses(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
         """Token-weighted step: the normaliser is the weight sum of the GLOBAL batch, known before any
         forward; returns the unweighted loss per token and the weighted loss of the global batch."""
         target_weights = self.token_weights[targets.to(self.device)]
         normaliser = target_weights.sum()
         if dist.is_initialized():
             dist.all_reduce(normaliser, op=dist.ReduceOp.SUM)
-        weighted = torch.zeros((), device=self.device)
-        plain = torch.zeros((), device=self.device)
-        micro = self.micro_batch_sequences
-        for i in range(self.grad_accum_steps):
-            if self.fsdp:
-                self.model.set_requires_gradient_sync(i == self.grad_accum_steps - 1)
-            batch = slice(i * micro, (i + 1) * micro)
-            x = inputs[batch].to(self.device, non_blocking=True)
-            y = targets[batch].to(self.device, non_blocking=True)
-            share, ce_sum = self.forward_backward_weighted(x, y, target_weights[batch], normaliser)
-            weighted += share
-            plain += ce_sum
-        sums = torch.stack([weighted, plain])
+        sums = torch.zeros(2, device=self.device)  # weighted loss, plain loss sum
+        for rows, x, y in self._micro_batches(inputs, targets):
+            share, ce_sum = self.forward_backward_weighted(x, y, target_weights[rows], normaliser)
+            sums += torch.stack([share, ce_sum])
         if dist.is_initialized():
             dist.all_reduce(sums, op=dist.ReduceOp.SUM)
         return {"loss": sums[1] / self.job.training.global_batch_tokens, "weighted_loss": sums[0]}
@@ -257,6 +248,27 @@ class Trainer:
 
         return loss_parallel()
 
+    def _micro_batches(self, inputs: torch.Tensor, targets: torch.Tensor):
+        """(rows, inputs, targets) of each micro-batch, on the device; FSDP syncs gradients on the last."""
+        micro = self.micro_batch_sequences
+        for i in range(self.grad_accum_steps):
+            if self.fsdp:
+                self.model.set_requires_gradient_sync(i == self.grad_accum_steps - 1)
+            batch = slice(i * micro, (i + 1) * micro)
+            x = inputs[batch].to(self.device, non_blocking=True)
+            y = targets[batch].to(self.device, non_blocking=True)
+            yield batch, x, y
+
+    def _mean_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+        """Unweighted step: the mean of the micro-batches' mean losses, averaged over the ranks."""
+        loss_sum = torch.zeros((), device=self.device)
+        for _, x, y in self._micro_batches(inputs, targets):
+            loss_sum += self.forward_backward(x, y)
+        loss = loss_sum / self.grad_accum_steps
+        if dist.is_initialized():
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+        return {"loss": loss}
+
     def train_step(self) -> dict:
         self.step += 1
         lr = lr_at(self.step, self.job.optimizer.lr, self.job.training.steps, self.job.schedule)
@@ -265,30 +277,15 @@ class Trainer:
         inputs, targets = self.loader.next_batch()
         data_wait_s = time.perf_counter() - started
         if self.token_weights is not None:
-            losses = self._weighted_micro_batches(inputs, targets)
-            grad_norm = clip_and_step(
-                self.optimizer, list(self.model.parameters()), self.job.optimizer.grad_clip_norm
-            )
-            self.tokens_seen += self.job.training.global_batch_tokens
-            return {**losses, "lr": lr, "grad_norm": grad_norm, "data_wait_s": data_wait_s}
-        loss_sum = torch.zeros((), device=self.device)
-        micro = self.micro_batch_sequences
-        for i in range(self.grad_accum_steps):
-            if self.fsdp:
-                self.model.set_requires_gradient_sync(i == self.grad_accum_steps - 1)
-            batch = slice(i * micro, (i + 1) * micro)
-            x = inputs[batch].to(self.device, non_blocking=True)
-            y = targets[batch].to(self.device, non_blocking=True)
-            loss_sum += self.forward_backward(x, y)
+            losses = self._weighted_losses(inputs, targets)
+        else:
+            losses = self._mean_loss(inputs, targets)
         params = list(self.model.parameters())
         grad_norm = clip_and_step(self.optimizer, params, self.job.optimizer.grad_clip_norm)
-        loss = loss_sum / self.grad_accum_steps
-        if dist.is_initialized():
-            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
         self.tokens_seen += self.job.training.global_batch_tokens
-        # loss and grad_norm stay on the device: nothing here waits for the GPU, so the host queues the
+        # losses and grad_norm stay on the device: nothing here waits for the GPU, so the host queues the
         # next step while this one runs; they become floats only on the steps that are logged.
-        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "data_wait_s": data_wait_s}
+        return {**losses, "lr": lr, "grad_norm": grad_norm, "data_wait_s": data_wait_s}
 
     def _stop_requested(self) -> bool:
         """Whether any rank got a stop signal; agreed over a host (gloo) group: the GPU is not waited on."""
