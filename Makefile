@@ -43,6 +43,8 @@ bench: $(STAMP)
 	python benchmarks/tokenization/bench_tokenization.py
 	python benchmarks/loader/bench_loader.py
 	python benchmarks/conversion/bench_conversion.py
+	python benchmarks/spikes/bench_spikes.py
+	python benchmarks/ngram/bench_ngram.py
 	@echo "GPU: python benchmarks/throughput/bench.py --out benchmarks/throughput/results.json (on a GPU machine)"
 
 clean:

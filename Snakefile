@@ -40,3 +40,4 @@ rule all:
     default_target: True
     input:
         report_files(),
+        all_sample_outputs(),

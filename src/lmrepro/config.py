@@ -194,6 +194,16 @@ class TrainingConfig:
     = false (bidirectional attention)."""
     mlm: MLMConfig = field(default_factory=MLMConfig)
     """Masking settings of objective = "mlm" (ignored otherwise)."""
+    token_weights: str = ""
+    """Per-id weights of the cross-entropy (gpt-neuro): "" none; a file holding a 1-D float tensor of
+    length model.vocab_size (torch.save; loaded with weights_only=True); or "inverse_frequency": the
+    workflow computes {run_dir}/token_weights.pt from the run's training shards (1 / frequency of each id,
+    capped at token_weights_cap). The loss is sum(w[target] · ce) / sum(w[target]) over the global batch."""
+    token_weights_cap: float = 10000.0
+    """inverse_frequency: the largest weight (ids that never occur get it too)."""
+    token_weights_sep: float = -1.0
+    """inverse_frequency: the weight of a spike tokenizer's SEP id; -1 = its inverse frequency, capped (the
+    seed's table, where the cap hits SEP); 0 leaves the deterministic SEP out of the loss."""
 
 
 @dataclass
@@ -347,6 +357,7 @@ def validate(job: JobConfig) -> None:
         raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {job.schedule.min_lr_ratio}")
     if not 0.0 < job.schedule.decay_fraction <= 1.0:
         raise ValueError(f"schedule.decay_fraction must be in (0, 1], got {job.schedule.decay_fraction}")
+    _validate_token_weights(job)
     if job.training.global_batch_tokens % job.data.seq_len:
         raise ValueError(
             f"training.global_batch_tokens = {job.training.global_batch_tokens} is not a multiple of "
@@ -439,6 +450,52 @@ def _validate_hf_model(job: JobConfig) -> None:
             "training.attention_backend = 'flash_attn' is for the Llama model; with model.hf use an SDPA "
             "backend (auto, flash, efficient, cudnn, math)"
         )
+
+
+INVERSE_FREQUENCY = "inverse_frequency"
+
+
+def _validate_token_weights(job: JobConfig) -> None:
+    t = job.training
+    if t.token_weights and t.objective != "causal":
+        raise ValueError(
+            "training.token_weights weights the next-token loss; with training.objective = "
+            f"{t.objective!r} leave it empty"
+        )
+    if t.token_weights and job.optimizer.kfac.enabled:
+        raise ValueError(
+            "training.token_weights with optimizer.kfac.enabled = true: K-FAC's factors assume the "
+            "unweighted mean loss; use one of the two"
+        )
+    if t.token_weights and job.model.hf.enabled:
+        raise ValueError("training.token_weights is for the Llama model; with model.hf leave it empty")
+    if t.token_weights and job.parallel.tp_degree > 1:
+        raise ValueError(
+            "training.token_weights is not supported with parallel.tp_degree > 1 (the vocabulary-sharded "
+            "loss has no per-token weights yet); use data parallelism (FSDP/HSDP)"
+        )
+    if t.token_weights_cap <= 0:
+        raise ValueError(f"training.token_weights_cap must be > 0, got {t.token_weights_cap}")
+    if t.token_weights_sep < 0 and t.token_weights_sep != -1:
+        raise ValueError(
+            f"training.token_weights_sep must be -1 (inverse frequency) or >= 0, got {t.token_weights_sep}"
+        )
+    defaults = TrainingConfig()
+    if t.token_weights != INVERSE_FREQUENCY:
+        for key in ("token_weights_cap", "token_weights_sep"):
+            if getattr(t, key) != getattr(defaults, key):
+                raise ValueError(
+                    f"training.{key} applies to training.token_weights = {INVERSE_FREQUENCY!r} only"
+                )
+
+
+def token_weights_file(job: JobConfig) -> Path | None:
+    """The weights file a run trains with: its own, the workflow's inverse-frequency table, or none."""
+    if not job.training.token_weights:
+        return None
+    if job.training.token_weights == INVERSE_FREQUENCY:
+        return Path(job.run_dir) / "token_weights.pt"
+    return Path(job.training.token_weights)
 
 
 def _validate_data(data: DataConfig, global_batch_sequences: int) -> None:

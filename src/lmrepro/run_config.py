@@ -6,16 +6,27 @@ prepared raw files. Precedence: preset < run overrides < the values the workflow
 
 from __future__ import annotations
 
-from lmrepro.config import JobConfig, dump_toml, render_job_config
+from pathlib import Path
+
+from lmrepro.config import (
+    INVERSE_FREQUENCY,
+    JobConfig,
+    dump_toml,
+    load_job_config,
+    render_job_config,
+    token_weights_file,
+)
 from lmrepro.data.encode import check_shards_match_tokenizer, split_files
 from lmrepro.data.shards import INDEX_FILE
-from lmrepro.data.tokenizer import load_tokenizer
+from lmrepro.data.spike_tokenizer import load_any_tokenizer
+from lmrepro.data.token_weights import write_inverse_frequency_weights
+from lmrepro.model.losses import load_token_weights
 from lmrepro.workflow import (
     raw_dir,
     run_data_mode,
     run_datasets,
     run_fixed_values,
-    tokenizer_file,
+    tokenizer_dir,
     tokenizer_mlm_ids,
     train_shards_dir,
 )
@@ -31,25 +42,47 @@ def run_data(settings: dict) -> dict[str, dict]:
         else:
             index = f"{train_shards_dir(name, settings['tokenizer'])}/{INDEX_FILE}"
             # shards written with another tokenizer: stop before training on them
-            check_shards_match_tokenizer(index, tokenizer_file(settings["tokenizer"]))
+            check_shards_match_tokenizer(index, tokenizer_dir(settings["tokenizer"]))
             data[name] = {"index": index}
     return data
 
 
 def render_run_config(run: str, settings: dict) -> JobConfig:
-    tokenizer = load_tokenizer(tokenizer_file(settings["tokenizer"]))
-    fixed = run_fixed_values(run, settings, vocab_size=tokenizer.vocab_size, data=run_data(settings))
+    tokenizer = load_any_tokenizer(tokenizer_dir(settings["tokenizer"]))
+    vocab_size = tokenizer.vocab_size
+    fixed = run_fixed_values(run, settings, vocab_size=vocab_size, data=run_data(settings))
     job = render_job_config(settings["preset"], settings.get("overrides", {}), fixed)
+    weights = token_weights_file(job)
+    if weights is not None and job.training.token_weights != INVERSE_FREQUENCY:
+        load_token_weights(weights, vocab_size)  # a file of the wrong length or dtype stops here, named
     if job.training.objective != "mlm":
         return job
     # the mask token and never-masked tokens as ids of the run's tokenizer, now that it exists
     mlm_ids = tokenizer_mlm_ids(job.training.mlm, tokenizer)
-    fixed = run_fixed_values(
-        run, settings, vocab_size=tokenizer.vocab_size, data=run_data(settings), mlm_ids=mlm_ids
-    )
+    fixed = run_fixed_values(run, settings, vocab_size=vocab_size, data=run_data(settings), mlm_ids=mlm_ids)
     return render_job_config(settings["preset"], settings.get("overrides", {}), fixed)
 
 
 def run_config_toml(run: str, settings: dict) -> str:
     header = f"# Rendered by lmrepro for run {run!r}: the one record of this run's trainer config.\n"
     return header + dump_toml(render_run_config(run, settings))
+
+
+def write_run_token_weights(config: str | Path, tokenizer: str | Path, out: str | Path) -> dict:
+    """training.token_weights = "inverse_frequency": the weights file of a rendered run, from its training
+    shards (data.sources, by token fraction), its cap and SEP weight; SEP is the spike tokenizer's."""
+    job = load_job_config(config)
+    if job.training.token_weights != INVERSE_FREQUENCY:
+        raise ValueError(
+            f"{config}: training.token_weights is {job.training.token_weights!r}, not {INVERSE_FREQUENCY!r}"
+        )
+    tok = load_any_tokenizer(tokenizer)
+    sources = [(Path(s.index).parent, s.weight) for s in job.data.sources]
+    return write_inverse_frequency_weights(
+        out,
+        sources,
+        job.model.vocab_size,
+        cap=job.training.token_weights_cap,
+        sep_id=getattr(tok, "sep_id", None),
+        sep_weight=job.training.token_weights_sep,
+    )

@@ -48,8 +48,16 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
     for name, spec in datasets.items():
         local_input_paths(spec, root, name=name)  # every local pattern finds a file
     for name, spec in tokenizers.items():
-        if spec["kind"] == "bpe":
+        if spec["kind"] == "spike_bytes":
+            continue
+        if "dataset" in spec:
             _require(datasets, spec["dataset"], f"tokenizers.{name}.dataset", "dataset")
+            kind = dataset_kind(datasets[spec["dataset"]])
+            if kind != tokenizer_reads(spec):
+                raise ValueError(
+                    f"tokenizers.{name}.dataset: {spec['dataset']!r} holds {kind} rows, but a {spec['kind']} "
+                    f"tokenizer learns from {tokenizer_reads(spec)}"
+                )
         elif not (root / spec["path"]).exists():
             raise FileNotFoundError(f"tokenizers.{name}.path: {spec['path']} does not exist")
     for name, spec in evals.items():
@@ -65,8 +73,17 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
             raise ValueError(
                 f"evals.{name}: dataset {spec['dataset']!r} has no split {wanted!r}; valid: {sorted(splits)}"
             )
-        if source["source"] == "synthetic" and wanted not in ("train", "heldout", "mc"):
-            raise ValueError(f"evals.{name}: synthetic datasets have train, heldout and mc, not {wanted!r}")
+        if dataset_kind(source) == "spikes" and spec["kind"] == "multiple_choice":
+            raise ValueError(
+                f"evals.{name}: a spike dataset ({spec['dataset']!r}) is evaluated by kind loss or ngram"
+            )
+        spikes = dataset_kind(source) == "spikes"
+        synthetic_splits = ("train", "test") if spikes else ("train", "heldout", "mc")
+        if source["source"] == "synthetic" and wanted not in synthetic_splits:
+            named = ", ".join(synthetic_splits[:-1]) + f" and {synthetic_splits[-1]}"
+            raise ValueError(
+                f"evals.{name}: synthetic {'spike ' if spikes else ''}datasets have {named}, not {wanted!r}"
+            )
     bases = config.get("bases", {})
     base_args = {name: _check_base(name, spec, root) for name, spec in bases.items()}
     for run, spec in config["runs"].items():
@@ -75,6 +92,10 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
         _require(tokenizers, spec["tokenizer"], f"{where}.tokenizer", "tokenizer")
         for task in spec.get("evals", []):
             _require(evals, task, f"{where}.evals[]", "eval")
+        _check_run_kinds(run, spec, config)
+        weights = run_token_weights(run, spec, root)
+        if weights and weights != token_weights_path(run) and not (root / weights).is_file():
+            raise FileNotFoundError(f"{where}.overrides.training.token_weights: {weights} does not exist")
         if spec["segment_steps"] > spec["steps"]:
             raise ValueError(
                 f"{where}.segment_steps = {spec['segment_steps']} exceeds {where}.steps = {spec['steps']}"
@@ -357,8 +378,23 @@ def tokenizer_dir(tokenizer: str) -> str:
     return f"{RESULTS}/tokenizers/{tokenizer}"
 
 
-def tokenizer_file(tokenizer: str) -> str:
-    return f"{tokenizer_dir(tokenizer)}/tokenizer.json"
+SPIKE_TOKENIZER_KINDS = ("spike_bytes", "spike_patch")
+
+
+def tokenizer_file(tokenizer: str, kind: str = "bpe") -> str:
+    """The file that marks a tokenizer folder complete: tokenizer.json, or spike_tokenizer.json (spikes)."""
+    name = "spike_tokenizer.json" if kind in SPIKE_TOKENIZER_KINDS else "tokenizer.json"
+    return f"{tokenizer_dir(tokenizer)}/{name}"
+
+
+def dataset_kind(spec: dict) -> str:
+    """What a dataset's rows are: text documents or spike-count matrices (datasets.<name>.kind)."""
+    return spec.get("kind", "text")
+
+
+def tokenizer_reads(spec: dict) -> str:
+    """The dataset kind a tokenizer encodes (tokenizers.<name>.kind)."""
+    return "spikes" if spec["kind"] in SPIKE_TOKENIZER_KINDS else "text"
 
 
 def base_dcp_dir(base: str) -> str:
@@ -379,6 +415,11 @@ def export_dir(run: str, step: int | str) -> str:
 
 def eval_result(run: str, step: int | str, task: str) -> str:
     return f"{run_dir(run)}/eval/step-{step}/{task}.json"
+
+
+def baseline_result(run: str, task: str) -> str:
+    """A baseline of the run (an `ngram` eval): one per run, not per checkpoint."""
+    return f"{run_dir(run)}/baselines/{task}.json"
 
 
 def launch_journal(run: str) -> str:
@@ -410,16 +451,61 @@ def _conventional_source(dataset: str, tokenizer: str, mode: str) -> dict:
     return {"index": f"{train_shards_dir(dataset, tokenizer)}/{INDEX_FILE}"}
 
 
-def run_data_mode(spec: dict, root: str | Path = ".") -> str:
-    """data.mode of a run (overrides, else its preset, else shards); the strict render reports bad values."""
-    mode = spec.get("overrides", {}).get("data", {}).get("mode")
+def _run_trainer_value(spec: dict, section: str, key: str, root: str | Path = ".") -> Any:
+    """A trainer key of a run as its overrides, else its preset, set it (None if neither does); the strict
+    render reports bad values."""
+    value = spec.get("overrides", {}).get(section, {}).get(key)
     preset = Path(root) / spec["preset"]
-    if mode is None and preset.is_file():
+    if value is None and preset.is_file():
         try:
-            mode = tomllib.loads(preset.read_text()).get("data", {}).get("mode")
+            value = tomllib.loads(preset.read_text()).get(section, {}).get(key)
         except tomllib.TOMLDecodeError:
-            mode = None
+            value = None
+    return value
+
+
+def run_data_mode(spec: dict, root: str | Path = ".") -> str:
+    """data.mode of a run (overrides, else its preset, else shards)."""
+    mode = _run_trainer_value(spec, "data", "mode", root)
     return mode if mode in ("shards", "streaming") else "shards"
+
+
+def run_token_weights(run: str, spec: dict, root: str | Path = ".") -> str | None:
+    """The weights file a run's training.token_weights names: its own file, the one the token_weights rule
+    computes (inverse_frequency), or None."""
+    value = _run_trainer_value(spec, "training", "token_weights", root)
+    if not value or not isinstance(value, str):
+        return None
+    return token_weights_path(run) if value == "inverse_frequency" else value
+
+
+def token_weights_path(run: str) -> str:
+    return f"{run_dir(run)}/token_weights.pt"
+
+
+def _check_run_kinds(run: str, spec: dict, config: dict[str, Any]) -> None:
+    """The run's tokenizer reads what its training and evaluation datasets hold (text or spikes)."""
+    tokenizer = config["tokenizers"][spec["tokenizer"]]
+    reads = tokenizer_reads(tokenizer)
+    evals = config.get("evals", {})
+    named = {f"runs.{run}.dataset {d!r}": d for d in run_datasets(spec)}
+    named |= {f"runs.{run}.evals[] {t!r}": evals[t]["dataset"] for t in spec.get("evals", [])}
+    for where, dataset in named.items():
+        kind = dataset_kind(config["datasets"][dataset])
+        if kind != reads:
+            raise ValueError(
+                f"{where}: dataset {dataset!r} holds {kind} rows, but tokenizer {spec['tokenizer']!r} "
+                f"({tokenizer['kind']}) encodes {reads}"
+            )
+    if reads == "spikes" and run_data_mode(spec) == "streaming":
+        raise ValueError(f"runs.{run}: spike datasets train from shards (data.mode = shards), not streaming")
+    if "samples" in spec:
+        dataset = config["datasets"].get(spec.get("dataset", ""), {})
+        if reads != "spikes" or "n_fixed" not in dataset:
+            raise ValueError(
+                f"runs.{run}.samples: samples are drawn for a run on one spike dataset with n_fixed (a fixed "
+                "number of neurons); set runs.<run>.dataset to such a dataset or remove samples"
+            )
 
 
 def _check_run_data(run: str, spec: dict, datasets: dict) -> None:

@@ -118,6 +118,63 @@ def test_shards_mixture_resume_on_the_same_and_another_dp_size(sources: list[Tok
     assert np.abs(shares - WEIGHTS).max() < 1e-3
 
 
+def test_spike_shards_resume_on_the_same_and_another_dp_size(tmp_path: Path) -> None:
+    """The same audit on spike-count shards made by the real data route (stand-in rows, a lab filter,
+    n_fixed, byte tokens): a window's id is its position, so each window is checked against the stream's
+    tokens there, and the windows of every epoch are visited once across a kill/resume and a dp change."""
+    from lmrepro.data.encode import tokenize_to_shards
+    from lmrepro.data.sources import prepare_dataset, spike_rows_of, split_files
+    from lmrepro.data.spike_tokenizer import write_spike_tokenizer
+
+    spec = {"source": "synthetic", "kind": "spikes", "seed": 2, "num_train_rows": 40, "num_bad_rows": 1,
+            "source_dataset": ["willett", "xiao", "perich"], "n_fixed": 5}  # fmt: skip
+    prepare_dataset(spec, tmp_path / "raw", name="pile")
+    files, _ = split_files(tmp_path / "raw", "train")
+    tokenize_to_shards(files, write_spike_tokenizer(tmp_path / "bytes"), tmp_path / "train",
+                       spike_rows=spike_rows_of(tmp_path / "raw"), piece_bytes=4096, num_proc=2)  # fmt: skip
+    stream = TokenStream(tmp_path / "train")
+    windows = (len(stream) - 1) // SEQ_LEN
+
+    def loaders(dp_size: int, prefetch: int = 0) -> list[WindowLoader]:
+        return [
+            WindowLoader(stream, seq_len=SEQ_LEN, global_batch_sequences=GLOBAL_BATCH, dp_rank=r,
+                         dp_size=dp_size, seed=3, prefetch_batches=prefetch)
+            for r in range(dp_size)
+        ]  # fmt: skip
+
+    def run(lds: list[WindowLoader], steps: int) -> list[list[int]]:
+        batches = []
+        for _ in range(steps):
+            batch = []
+            for ld in lds:
+                index = ld.samples_consumed // GLOBAL_BATCH
+                x, y = ld.next_batch()
+                for w, row_x, row_y in zip(ld.sample_ids(index), x.tolist(), y.tolist(), strict=True):
+                    expected = stream.window(w * SEQ_LEN, SEQ_LEN + 1).tolist()
+                    assert row_x + [row_y[-1]] == expected  # the tokens are the window the id names
+                    batch.append(w)
+            batches.append(batch)
+        return batches
+
+    steps = 3 * windows // GLOBAL_BATCH  # three epochs
+    uninterrupted = run(loaders(1), steps)
+    four = loaders(4, prefetch=2)
+    before = run(four, steps // 2)
+    state = json.loads(json.dumps(four[0].state_dict()))
+    for ld in four:
+        ld.close()
+    for dp_size in (4, 2):
+        resumed = loaders(dp_size, prefetch=1)
+        for ld in resumed:
+            ld.load_state_dict(state)
+        assert before + run(resumed, steps - steps // 2) == uninterrupted
+        for ld in resumed:
+            ld.close()
+    seen = [w for batch in uninterrupted for w in batch]
+    for e in range(len(seen) // windows):
+        assert sorted(seen[e * windows : (e + 1) * windows]) == list(range(windows))
+
+
 # ------------------------------------------------------------------------------------------ streaming
 
 

@@ -214,3 +214,24 @@ def test_masked_lm_accuracy_and_baseline_in_summary_and_plot(tmp_path: Path, mon
         "m: heldout most-frequent-token baseline",
     ]
     assert [list(line.get_ydata()) for line in drawn] == [[0.01, 0.3, 0.5], [0.1, 0.1, 0.1]]
+
+
+def test_baselines_are_columns_beside_the_loss_and_lines_in_the_loss_plot(tmp_path) -> None:
+    import json
+
+    from lmrepro.report.plots import write_report
+
+    evals = []
+    for step, loss in ((0, 5.0), (10, 1.0)):
+        path = tmp_path / f"test-{step}.json"
+        path.write_text(json.dumps({"run": "r", "step": step, "tokens_seen": step * 100, "task": "test",
+                                    "kind": "loss", "metrics": {"loss": loss}}))  # fmt: skip
+        evals.append(path)
+    baseline = tmp_path / "trigram.json"
+    baseline.write_text(json.dumps({"run": "r", "task": "trigram", "kind": "ngram", "n": 3,
+                                    "metrics": {"loss": 1.5}}))  # fmt: skip
+    written = write_report({}, evals, tmp_path / "report", baseline_paths=[baseline])
+    summary = written["summary.csv"].read_text().splitlines()
+    assert summary[0].endswith("test/loss,trigram/loss")
+    assert summary[1].endswith("5.0,1.5") and summary[2].endswith("1.0,1.5")
+    assert "r: trigram (3-gram) 1.500" in written["loss.svg"].read_text()

@@ -67,7 +67,7 @@ def test_save_load_and_refusal(tmp_path):
     t1, t2 = pt.build(rows, p0=1, p1=3, vocab_size=20), pt.build(rows, p0=1, p1=3, vocab_size=20)
     t1.save(tmp_path / "a")
     t2.save(tmp_path / "b")
-    for f in ("patch_tokenizer.json", "patches.npy"):
+    for f in ("spike_tokenizer.json", "patches.npy"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
     t3 = pt.PatchTokenizer.load(tmp_path / "a", p0=1, p1=3, vocab_size=20)
     assert np.array_equal(t3.encode(rows[0])[0], t1.encode(rows[0])[0])

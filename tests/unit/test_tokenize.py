@@ -422,11 +422,11 @@ def test_shards_of_changed_input_are_encoded_again(tok_dir: Path, docs: list[str
 
 def test_token_id_outside_the_vocabulary_is_an_error(tok_dir: Path, tmp_path: Path) -> None:
     """An encoder that returns an id >= vocab_size stops with the shard and the source piece named."""
-    from lmrepro.data.encode import _encode_piece
+    from lmrepro.data.encode import TextEncoder, _encode_piece
     from lmrepro.data.readers import plan_pieces
 
     class Broken:
-        vocab_size, bos_id, eos_id = 300, 0, 1
+        vocab_size, bos_id, eos_id, sha256 = 300, 0, 1, "0"
 
         def encode_batch(self, texts: list[str]) -> list[list[int]]:
             return [[5, 70000] for _ in texts]
@@ -434,7 +434,7 @@ def test_token_id_outside_the_vocabulary_is_an_error(tok_dir: Path, tmp_path: Pa
     src = write_jsonl(tmp_path / "d.jsonl", ["a", "b"])
     (piece,) = plan_pieces([src], 1 << 20)
     with pytest.raises(ValueError) as e:
-        _encode_piece(Broken(), 0, "key", piece, tmp_path, "text", 16)  # type: ignore[arg-type]
+        _encode_piece(TextEncoder(Broken(), "text", 16), 0, "key", piece, 0, tmp_path)  # type: ignore[arg-type]
     assert "token id 70000 out of range for vocab_size 300" in str(e.value)
     assert str(src) in str(e.value) and "shard-00000.bin" in str(e.value)
 

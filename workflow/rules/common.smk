@@ -5,6 +5,7 @@ import json
 from lmrepro.data.sources import local_input_paths
 from lmrepro.slurm import launch_prefix
 from lmrepro.workflow import (
+    baseline_result,
     base_dcp_dir,
     check_config,
     checkpoint_dir,
@@ -17,6 +18,7 @@ from lmrepro.workflow import (
     report_files,
     run_data_mode,
     run_datasets,
+    run_token_weights,
     shards_dir,
     tokenizer_file,
     train_shards_dir,
@@ -69,8 +71,10 @@ def run_validation_data(wildcards):
 
 
 def render_settings(wildcards):
-    """Everything of config.yaml that shapes this run's train.toml (a change reruns the run)."""
-    return json.dumps(run_settings(wildcards.run), sort_keys=True)
+    """Everything of config.yaml that shapes this run's train.toml (a change reruns the run); `samples`
+    only shapes the samples of its last checkpoint."""
+    settings = {k: v for k, v in run_settings(wildcards.run).items() if k != "samples"}
+    return json.dumps(settings, sort_keys=True)
 
 
 def previous_checkpoint(wildcards):
@@ -103,6 +107,14 @@ def loss_eval_shards(wildcards):
     return shards_dir(spec["dataset"], tokenizer, spec["split"])
 
 
+def ngram_train_shards(wildcards):
+    """The run's training shards (every dataset of its mixture) that the n-gram counts."""
+    settings = run_settings(wildcards.run)
+    return [
+        train_shards_dir(name, settings["tokenizer"]) for name in run_datasets(settings)
+    ]
+
+
 def mc_eval_raw(wildcards):
     return raw_dir(config["evals"][wildcards.task]["dataset"])
 
@@ -112,12 +124,25 @@ def mc_eval_limit(wildcards):
     return f"--limit {limit}" if limit else ""
 
 
+def run_evals(settings, *kinds):
+    return [t for t in settings.get("evals", []) if config["evals"][t]["kind"] in kinds]
+
+
 def all_eval_outputs(wildcards=None):
     return [
         eval_result(run, step, task)
         for run, settings in config["runs"].items()
         for step in eval_steps(settings)
-        for task in settings.get("evals", [])
+        for task in run_evals(settings, "loss", "multiple_choice")
+    ]
+
+
+def all_baseline_outputs(wildcards=None):
+    """The n-gram baselines of every run (one per run and task, not per checkpoint)."""
+    return [
+        baseline_result(run, task)
+        for run, settings in config["runs"].items()
+        for task in run_evals(settings, "ngram")
     ]
 
 
@@ -137,8 +162,32 @@ def run_preset(wildcards):
     return run_settings(wildcards.run)["preset"]
 
 
+def named_tokenizer_file(name):
+    return tokenizer_file(name, config["tokenizers"][name]["kind"])
+
+
 def run_tokenizer_file(wildcards):
-    return tokenizer_file(run_settings(wildcards.run)["tokenizer"])
+    return named_tokenizer_file(run_settings(wildcards.run)["tokenizer"])
+
+
+def tokenizer_anchor(wildcards):
+    return named_tokenizer_file(wildcards.tokenizer)
+
+
+def patch_tokenizer_source(wildcards):
+    """The dataset's prepared raw folder it is built from, or the folder it is imported from (`path`)."""
+    spec = config["tokenizers"][wildcards.tokenizer]
+    return spec["path"] if "path" in spec else raw_dir(spec["dataset"])
+
+
+def patch_tokenizer_mode(wildcards):
+    return (
+        "--import" if "path" in config["tokenizers"][wildcards.tokenizer] else "--raw"
+    )
+
+
+def patch_size_args(wildcards):
+    return " ".join(str(p) for p in config["tokenizers"][wildcards.tokenizer]["patch"])
 
 
 def dataset_local_files(wildcards):
@@ -172,3 +221,38 @@ def run_init_base(wildcards):
 
 def init_base_arg(wildcards, input):
     return f"--base {input.base}" if input.base else ""
+
+
+def run_weights(wildcards):
+    """The run's token-weights file (training.token_weights), or nothing."""
+    weights = run_token_weights(wildcards.run, run_settings(wildcards.run))
+    return [weights] if weights else []
+
+
+def token_weights_arg(wildcards, input):
+    return f"--token-weights {input.weights}" if input.weights else ""
+
+
+def run_samples_raw(wildcards):
+    """The raw folder of the run's (single) training dataset, whose split the samples are prompted from."""
+    return raw_dir(run_settings(wildcards.run)["dataset"])
+
+
+def samples_args(wildcards):
+    spec = run_settings(wildcards.run)["samples"]
+    flags = {
+        "split": "--split",
+        "num_rows": "--num-rows",
+        "prompt_bins": "--prompt-bins",
+    }
+    flags |= {"gen_bins": "--gen-bins", "seed": "--seed"}
+    return " ".join(f"{flag} {spec[key]}" for key, flag in flags.items() if key in spec)
+
+
+def all_sample_outputs(wildcards=None):
+    """Rasters of the last checkpoint of every run with `samples`."""
+    return [
+        f"results/report/samples/{run}-step-{settings['steps']}.png"
+        for run, settings in config["runs"].items()
+        if "samples" in settings
+    ]

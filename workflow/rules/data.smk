@@ -62,15 +62,56 @@ rule import_tokenizer:
         "--out $(dirname {output.tokenizer}) > {log} 2>&1"
 
 
+rule byte_tokenizer:
+    """Byte mode for spike-count rows (kind spike_bytes): vocabulary 256, a count is its own id, SEP 255."""
+    output:
+        tokenizer="results/tokenizers/{tokenizer}/spike_tokenizer.json",
+    log:
+        "results/logs/byte_tokenizer/{tokenizer}.log",
+    wildcard_constraints:
+        tokenizer=names_of_kind(config["tokenizers"], "spike_bytes"),
+    conda:
+        LMREPRO_ENV
+    shell:
+        "python workflow/scripts/spike_tokenizer.py --out $(dirname {output.tokenizer}) > {log} 2>&1"
+
+
+rule patch_tokenizer:
+    """A patch tokenizer (kind spike_patch): the V - 2 most frequent p0 x p1 patches of the dataset's train
+    split (its lab filter and n_fixed applied) + SEP + UNK; or a folder built earlier (`path`), checked.
+    """
+    input:
+        source=patch_tokenizer_source,
+    output:
+        tokenizer="results/tokenizers/{tokenizer}/spike_tokenizer.json",
+    log:
+        "results/logs/patch_tokenizer/{tokenizer}.log",
+    benchmark:
+        "results/benchmarks/patch_tokenizer/{tokenizer}.tsv"
+    wildcard_constraints:
+        tokenizer=names_of_kind(config["tokenizers"], "spike_patch"),
+    conda:
+        LMREPRO_ENV
+    params:
+        patch=patch_size_args,
+        vocab_size=lookup(dpath="tokenizers/{tokenizer}/vocab_size", within=config),
+        mode=patch_tokenizer_mode,
+    shell:
+        "python workflow/scripts/spike_tokenizer.py {params.mode} {input.source} --patch {params.patch} "
+        "--vocab-size {params.vocab_size} --out $(dirname {output.tokenizer}) > {log} 2>&1"
+
+
 rule tokenize:
     """One split of a dataset encoded into binary token shards + index.json, in `threads` processes.
 
-    Finished shards wait in the undeclared results/data/{dataset}/{tokenizer}/.work-{split}/ until all are
-    done, so a rerun after a failure encodes only the missing ones.
+    Text documents, or spike-count rows (kind spikes: lab filter, n_fixed, byte or patch tokens; index.json
+    counts the rows kept and skipped). Finished shards wait in the undeclared
+    results/data/{dataset}/{tokenizer}/.work-{split}/ until all are done, so a rerun after a failure encodes
+    only the missing ones.
     """
     input:
         raw=rules.prepare_dataset.output.raw,
-        tokenizer="results/tokenizers/{tokenizer}/tokenizer.json",
+        tokenizer=tokenizer_anchor,
     output:
         shards=directory("results/data/{dataset}/{tokenizer}/{split}"),
     log:

@@ -5,6 +5,7 @@ rule eval_loss:
     input:
         checkpoint="results/runs/{run}/checkpoints/step-{step}",
         shards=loss_eval_shards,
+        weights=run_weights,
     output:
         result="results/runs/{run}/eval/step-{step}/{task}.json",
     log:
@@ -18,9 +19,10 @@ rule eval_loss:
     params:
         max_tokens=lookup(dpath="evals/{task}/max_tokens", within=config),
         pppl_tokens=lookup(dpath="evals/{task}/pseudo_perplexity_tokens", within=config),
+        weights=token_weights_arg,
     shell:
         "python workflow/scripts/eval_loss.py --checkpoint {input.checkpoint} --shards {input.shards} "
-        "--task {wildcards.task} --max-tokens {params.max_tokens} "
+        "--task {wildcards.task} --max-tokens {params.max_tokens} {params.weights} "
         "--pseudo-perplexity-tokens {params.pppl_tokens} --out {output.result} > {log} 2>&1"
 
 
@@ -46,3 +48,57 @@ rule eval_multiple_choice:
         "python workflow/scripts/eval_multiple_choice.py --export {input.export} "
         "--jsonl {input.raw}/{params.file} --task {wildcards.task} {params.limit} --out {output.result} "
         "> {log} 2>&1"
+
+
+rule eval_ngram:
+    """A Laplace-smoothed n-gram fitted on the run's training shards, in nats per token on the targets the
+    run's loss evals score (a baseline beside the model's loss in the report)."""
+    input:
+        config=rules.render_train_config.output.config,
+        train=ngram_train_shards,
+        shards=loss_eval_shards,
+    output:
+        result="results/runs/{run}/baselines/{task}.json",
+    log:
+        "results/logs/eval_ngram/{run}/{task}.log",
+    benchmark:
+        "results/benchmarks/eval_ngram/{run}/{task}.tsv"
+    wildcard_constraints:
+        task=names_of_kind(config.get("evals", {}), "ngram"),
+    conda:
+        LMREPRO_ENV
+    params:
+        n=lookup(dpath="evals/{task}/n", within=config),
+        max_tokens=lookup(dpath="evals/{task}/max_tokens", within=config),
+    shell:
+        "python workflow/scripts/eval_ngram.py --config {input.config} --train {input.train} "
+        "--shards {input.shards} --task {wildcards.task} --n {params.n} --max-tokens {params.max_tokens} "
+        "--out {output.result} > {log} 2>&1"
+
+
+rule sample_spikes:
+    """Conditional and unconditional spike-train samples of an exported checkpoint, decoded and drawn as
+    rasters beside the real continuation (runs.<run>.samples; spike datasets with n_fixed).
+    """
+    input:
+        export=rules.export_checkpoint.output.export,
+        config=rules.render_train_config.output.config,
+        tokenizer=run_tokenizer_file,
+        raw=run_samples_raw,
+    output:
+        samples=directory("results/runs/{run}/samples/step-{step}"),
+        rasters=report(
+            "results/report/samples/{run}-step-{step}.png",
+            caption="../report/samples.rst",
+            category="Samples",
+        ),
+    log:
+        "results/logs/sample_spikes/{run}/step-{step}.log",
+    conda:
+        LMREPRO_ENV
+    params:
+        options=samples_args,
+    shell:
+        "python workflow/scripts/sample_spikes.py --export {input.export} --config {input.config} "
+        "--tokenizer $(dirname {input.tokenizer}) --raw {input.raw} {params.options} "
+        "--out {output.samples} > {log} 2>&1 && cp {output.samples}/rasters.png {output.rasters}"

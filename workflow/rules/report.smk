@@ -2,6 +2,7 @@ rule report:
     """Plots (PNG + SVG) and summary.csv over every run's metrics and evaluations."""
     input:
         evals=all_eval_outputs,
+        baselines=all_baseline_outputs,
         checkpoints=all_segment_checkpoints,
     output:
         summary=report(
@@ -34,5 +35,6 @@ rule report:
     conda:
         LMREPRO_ENV
     shell:
-        "python workflow/scripts/report.py --evals {input.evals} --checkpoints {input.checkpoints} "
+        "python workflow/scripts/report.py --evals {input.evals} --baselines {input.baselines} "
+        "--checkpoints {input.checkpoints} "
         "--out $(dirname {output.summary}) > {log} 2>&1"

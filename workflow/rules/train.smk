@@ -20,6 +20,24 @@ rule render_train_config:
         "--out {output.config} > {log} 2>&1"
 
 
+rule token_weights:
+    """training.token_weights = "inverse_frequency": 1 / frequency of each id in the run's training shards,
+    capped (token_weights_cap), SEP's weight optionally set (token_weights_sep)."""
+    input:
+        config=rules.render_train_config.output.config,
+        data=run_train_data,
+        tokenizer=run_tokenizer_file,
+    output:
+        weights="results/runs/{run}/token_weights.pt",
+    log:
+        "results/logs/token_weights/{run}.log",
+    conda:
+        LMREPRO_ENV
+    shell:
+        "python workflow/scripts/token_weights.py --config {input.config} --tokenizer $(dirname {input.tokenizer}) "
+        "--out {output.weights} > {log} 2>&1"
+
+
 rule init_checkpoint:
     """step-0 (model only), shared by every parallel layout: the seeded random initialisation, or the
     weights of the converted base that runs.<run>.init names (init.json says what came from where).
@@ -51,6 +69,7 @@ rule train_segment:
     input:
         config=rules.render_train_config.output.config,
         start=previous_checkpoint,
+        weights=run_weights,
     output:
         checkpoint=directory("results/runs/{run}/checkpoints/step-{step}"),
     log:

@@ -15,10 +15,19 @@ def main() -> None:
     parser.add_argument(
         "--pseudo-perplexity-tokens", type=int, default=0, help="evals.<task>.pseudo_perplexity_tokens"
     )
+    parser.add_argument(
+        "--token-weights", help="the run's training.token_weights file: also the weighted loss"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     evaluate_loss_task(
-        args.checkpoint, args.shards, args.task, args.max_tokens, args.out, args.pseudo_perplexity_tokens
+        args.checkpoint,
+        args.shards,
+        args.task,
+        args.max_tokens,
+        args.out,
+        pseudo_perplexity_tokens=args.pseudo_perplexity_tokens,
+        token_weights=args.token_weights,
     )
 
 

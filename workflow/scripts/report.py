@@ -14,6 +14,9 @@ def main() -> None:
         "--evals", nargs="*", default=[], help="eval JSONs (results/runs/*/eval/step-*/*.json)"
     )
     parser.add_argument(
+        "--baselines", nargs="*", default=[], help="baseline JSONs (results/runs/*/baselines/*.json)"
+    )
+    parser.add_argument(
         "--checkpoints", nargs="*", default=[], help="segment checkpoints (hold metrics.jsonl)"
     )
     parser.add_argument("--out", required=True, help="results/report")
@@ -23,7 +26,12 @@ def main() -> None:
         run = json.loads((checkpoint / "meta.json").read_text())["run"]
         metrics_by_run.setdefault(run, []).append(checkpoint / "metrics.jsonl")
     for name, path in sorted(
-        write_report(metrics_by_run, [Path(p) for p in args.evals], Path(args.out)).items()
+        write_report(
+            metrics_by_run,
+            [Path(p) for p in args.evals],
+            Path(args.out),
+            baseline_paths=[Path(p) for p in args.baselines],
+        ).items()
     ):
         print(f"wrote {name}: {path}")
 

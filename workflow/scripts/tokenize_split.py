@@ -1,11 +1,13 @@
-"""Encode one split of a prepared dataset (or data files) into binary token shards with index.json.
+"""Encode one split of a prepared dataset (or data files) into binary token shards with index.json: text
+documents, or spike-count rows (the manifest's lab filter and n_fixed; a spike tokenizer folder).
 
 Parallel over pieces of the input; restartable: finished shards wait in a work folder next to --out.
 """
 
 import argparse
 
-from lmrepro.data.encode import DEFAULT_PIECE_BYTES, split_files, tokenize_to_shards
+from lmrepro.data.encode import DEFAULT_PIECE_BYTES, tokenize_to_shards
+from lmrepro.data.sources import spike_rows_of, split_files
 from lmrepro.logs import run_main
 
 
@@ -29,6 +31,7 @@ def main() -> None:
         args.tokenizer,
         args.out,
         text_field=text_field,
+        spike_rows=spike_rows_of(args.raw) if args.raw else None,
         piece_bytes=args.piece_bytes,
         num_proc=args.num_proc,
     )

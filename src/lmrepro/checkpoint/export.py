@@ -26,7 +26,7 @@ from lmrepro.checkpoint.dcp import (
     read_model_tensors,
 )
 from lmrepro.checkpoint.hf import model_shapes, write_hf_folder
-from lmrepro.data.tokenizer import load_tokenizer
+from lmrepro.data.spike_tokenizer import load_any_tokenizer
 from lmrepro.io import atomic_folder, write_json
 from lmrepro.model.flavors import params_json
 from lmrepro.model.hf_causal import HFCausalArgs
@@ -164,7 +164,7 @@ def export_checkpoint(
         raise FileExistsError(f"{out_dir} already exists; refusing to overwrite an export")
     args, info = checkpoint_model_args(checkpoint_dir)
     check_model_tensors(model_tensor_specs(checkpoint_dir), args, checkpoint_dir)
-    tok = load_tokenizer(tokenizer_dir)
+    tok = load_any_tokenizer(tokenizer_dir)  # a spike tokenizer's files travel into hf/ as they are
     if tok.vocab_size > args.vocab_size:
         raise ValueError(
             f"tokenizer {tokenizer_dir} has {tok.vocab_size} tokens but checkpoint {checkpoint_dir} has "

@@ -1,4 +1,6 @@
-"""Encode documents into binary token shards (BOS + text + EOS per document), in parallel and restartable.
+"""Encode documents into binary token shards, in parallel and restartable: text (BOS + text + EOS per
+document) or spike-count rows (byte or patch tokens per row, no boundary token), by the encoder that the
+tokenizer folder calls for.
 
 The input files are cut into pieces (``data/readers.py``); each piece becomes one shard, encoded by a pool
 of ``num_proc`` processes. Shards are written to an undeclared work folder next to the output
@@ -6,7 +8,8 @@ of ``num_proc`` processes. Shards are written to an undeclared work folder next 
 the tokenizer). Snakemake deletes the declared output of a failed job, but not the work folder: a rerun
 keeps every shard whose key and checksum still match and encodes only the rest. When all pieces are done
 the shards move into the output folder and the index file is written last, so its presence marks a complete
-folder.
+folder. For spike rows the index also records what the rows were (`spikes`: rows read, kept, of other
+labs, not 2-D with the first few named, counts clipped or patches unknown).
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from lmrepro.data.readers import Piece, iter_piece_texts, plan_pieces
+from lmrepro.data.readers import Piece, iter_piece_spike_rows, iter_piece_texts, piece_num_rows, plan_pieces
 from lmrepro.data.shards import INDEX_FILE, dtype_for_vocab, read_header, read_index, write_index, write_shard
+from lmrepro.data.sources import split_files  # noqa: F401 (re-exported: callers read a split here)
+from lmrepro.data.spike_tokenizer import is_spike_tokenizer, load_any_tokenizer, load_spike_tokenizer
+from lmrepro.data.spikes import SpikeRows, merge_row_stats, new_row_stats, select_rows
 from lmrepro.data.tokenizer import TextTokenizer, load_tokenizer
 from lmrepro.io import file_sha256, write_json
 
@@ -41,6 +48,7 @@ def tokenize_to_shards(
     out_dir: str | Path,
     *,
     text_field: str = "text",
+    spike_rows: SpikeRows | None = None,
     piece_bytes: int = DEFAULT_PIECE_BYTES,
     num_proc: int = 1,
     work_dir: str | Path | None = None,
@@ -48,6 +56,8 @@ def tokenize_to_shards(
 ) -> dict:
     """Tokenize the documents of data files into one shard per piece of about `piece_bytes` input bytes.
 
+    A spike tokenizer folder (spike_tokenizer.json) reads spike-count rows, selected and shaped by
+    `spike_rows` (the dataset's lab filter and n_fixed); a text tokenizer reads `text_field`.
     Returns {"num_documents", "num_tokens", "num_shards"}. `work_dir` defaults to `.work-<out_dir name>`
     next to `out_dir`; it survives a failure and is removed after success.
     """
@@ -59,9 +69,11 @@ def tokenize_to_shards(
             raise FileNotFoundError(f"input file {f} does not exist")
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.parent / f".work-{out_dir.name}"
-    tok = load_tokenizer(tokenizer_dir)
+    encoder_args = (str(tokenizer_dir), text_field, spike_rows, batch_documents)
+    encoder = make_encoder(*encoder_args)
     pieces = plan_pieces(files, piece_bytes)
-    keys = _piece_keys(pieces, tok, text_field)
+    first_rows = encoder.first_sample_ids(pieces)
+    keys = _piece_keys(pieces, encoder)
     work.mkdir(parents=True, exist_ok=True)
     records = _kept_records(work, keys)
     todo = [i for i in range(len(pieces)) if i not in records]
@@ -71,11 +83,10 @@ def tokenize_to_shards(
         len(files), total_bytes / 1e6, len(pieces), min(num_proc, max(len(todo), 1)), len(records),
     )  # fmt: skip
     progress = _Progress(len(pieces), records)
-    jobs = [(i, keys[i], pieces[i], work, text_field, batch_documents) for i in todo]
+    jobs = [(i, keys[i], pieces[i], first_rows[i], work) for i in todo]
     if num_proc > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")  # no fork of a parent that may hold tokenizer threads
-        init = (str(tokenizer_dir),)
-        with cf.ProcessPoolExecutor(min(num_proc, len(jobs)), ctx, _init_worker, init) as pool:
+        with cf.ProcessPoolExecutor(min(num_proc, len(jobs)), ctx, _init_worker, encoder_args) as pool:
             futures = [pool.submit(_encode_piece_job, *job) for job in jobs]
             try:
                 for future in cf.as_completed(futures):
@@ -85,48 +96,42 @@ def tokenize_to_shards(
                 raise
     else:
         for job in jobs:
-            progress.done(_encode_piece(tok, *job))
+            progress.done(_encode_piece(encoder, *job))
     records = progress.records
 
     num_documents = sum(r["num_documents"] for r in records.values())
+    ordered = [records[i] for i in range(len(pieces))]
+    stats = encoder.index_stats(ordered)
     if num_documents == 0:
         shutil.rmtree(work)
-        raise ValueError(f"no documents in {[str(f) for f in files]}: the dataset is empty")
-    shards = _publish(work, out_dir, [records[i] for i in range(len(pieces))])
+        detail = f" ({json.dumps(stats)})" if stats else ""
+        raise ValueError(f"no documents in {[str(f) for f in files]}: the dataset is empty{detail}")
+    shards = _publish(work, out_dir, ordered)
+    source = {"files": [str(f) for f in files], "tokenizer": str(tokenizer_dir), **encoder.source()}
     write_index(
         out_dir,
         shards,
-        vocab_size=tok.vocab_size,
-        bos_id=tok.bos_id,
-        eos_id=tok.eos_id,
-        tokenizer_sha256=tok.sha256,
-        source={"files": [str(f) for f in files], "tokenizer": str(tokenizer_dir), "text_field": text_field},
+        vocab_size=encoder.vocab_size,
+        bos_id=encoder.bos_id,
+        eos_id=encoder.eos_id,
+        tokenizer_sha256=encoder.sha256,
+        source=source,
+        extra={"spikes": stats} if stats else None,
     )
     shutil.rmtree(work)
     num_tokens = sum(s["num_tokens"] for s in shards)
     log.info(
         "done: %d documents, %d tokens in %d shards → %s", num_documents, num_tokens, len(shards), out_dir
     )
+    if stats:
+        log.info("spike rows: %s", json.dumps(stats))
     return {"num_documents": num_documents, "num_tokens": num_tokens, "num_shards": len(shards)}
-
-
-def split_files(raw_dir: str | Path, split: str) -> tuple[list[Path], str]:
-    """The data files and text field of one split of a prepared dataset (raw/manifest.json)."""
-    raw_dir = Path(raw_dir)
-    manifest_file = raw_dir / "manifest.json"
-    if not manifest_file.is_file():
-        raise FileNotFoundError(f"{manifest_file} does not exist (run the prepare_dataset step first)")
-    manifest = json.loads(manifest_file.read_text())
-    splits = manifest.get("splits") or {Path(f).stem: {"files": [f]} for f in manifest.get("files", {})}
-    if split not in splits:
-        raise ValueError(f"{raw_dir}: the dataset has no split {split!r}; valid: {sorted(splits)}")
-    return [raw_dir / f for f in splits[split]["files"]], manifest.get("text_field", "text")
 
 
 def check_shards_match_tokenizer(index_path: str | Path, tokenizer_dir: str | Path) -> dict:
     """Shards are only valid with the tokenizer that wrote them: compare their index with the tokenizer."""
     index = read_index(index_path)
-    tok = load_tokenizer(tokenizer_dir)
+    tok = load_any_tokenizer(tokenizer_dir)
     ours = {
         "tokenizer_sha256": tok.sha256,
         "vocab_size": tok.vocab_size,
@@ -143,12 +148,112 @@ def check_shards_match_tokenizer(index_path: str | Path, tokenizer_dir: str | Pa
     return index
 
 
+# ------------------------------------------------------------------------------------------ encoders
+
+
+class TextEncoder:
+    """Documents of a text field: BOS + tokens + EOS each."""
+
+    def __init__(self, tok: TextTokenizer, text_field: str, batch_documents: int):
+        self.tok, self.text_field, self.batch_documents = tok, text_field, batch_documents
+        self.vocab_size, self.bos_id, self.eos_id, self.sha256 = (
+            tok.vocab_size,
+            tok.bos_id,
+            tok.eos_id,
+            tok.sha256,
+        )
+
+    def identity(self) -> list:
+        return [self.text_field, self.sha256, self.bos_id, self.eos_id]
+
+    def source(self) -> dict:
+        return {"text_field": self.text_field}
+
+    def first_sample_ids(self, pieces: list[Piece]) -> list[int]:
+        return [0] * len(pieces)
+
+    def index_stats(self, records: list[dict]) -> dict | None:
+        return None
+
+    def encode_piece(self, piece: Piece, first_row: int, stats: dict) -> Iterator[tuple[np.ndarray, int]]:
+        prefix = [self.bos_id] if self.bos_id is not None else []
+        batch: list[str] = []
+
+        def flush() -> tuple[np.ndarray, int]:
+            flat: list[int] = []
+            for ids in self.tok.encode_batch(batch):
+                flat += prefix
+                flat += ids
+                flat.append(self.eos_id)
+            done = len(batch)
+            batch.clear()
+            return np.asarray(flat, dtype=np.int64), done
+
+        for text in iter_piece_texts(piece, self.text_field):
+            batch.append(text)
+            if len(batch) == self.batch_documents:
+                yield flush()
+        if batch:
+            yield flush()
+
+
+class SpikeEncoder:
+    """Spike-count rows (a document each): lab filter, n_fixed, then byte or patch tokens."""
+
+    def __init__(self, tok, spec: SpikeRows):
+        self.tok, self.spec = tok, spec
+        self.vocab_size, self.bos_id, self.eos_id, self.sha256 = tok.vocab_size, None, None, tok.sha256
+
+    def identity(self) -> list:
+        return ["spikes", self.sha256, self.spec.to_dict()]
+
+    def source(self) -> dict:
+        return {"kind": "spikes", "rows": self.spec.to_dict(), "tokenizer_mode": self.tok.mode}
+
+    def first_sample_ids(self, pieces: list[Piece]) -> list[int]:
+        """Each piece's first row's index in the split (the sample id that keys the n_fixed crop)."""
+        starts, total = [], 0
+        for piece in pieces:
+            starts.append(total)
+            total += piece_num_rows(piece)
+        return starts
+
+    def index_stats(self, records: list[dict]) -> dict:
+        counted = {"counts_clipped": 0} if self.tok.mode == "bytes" else {"patches": 0, "unk_patches": 0}
+        total = {**new_row_stats(), **counted}
+        for record in records:
+            merge_row_stats(total, record.get("spikes", {}))
+        return total
+
+    def encode_piece(self, piece: Piece, first_row: int, stats: dict) -> Iterator[tuple[np.ndarray, int]]:
+        stats.update(new_row_stats())
+        rows = iter_piece_spike_rows(piece, first_row, need_lab=self.spec.source_dataset is not None)
+        for _, counts in select_rows(rows, self.spec, stats):
+            tokens, counted = self.tok.encode_row(counts)
+            merge_row_stats(stats, counted)
+            yield tokens, 1
+        for where in stats["not_2d_examples"]:
+            log.warning("skipped spike row %s: not a 2-D (neurons x bins) matrix", where)
+
+
+def make_encoder(tokenizer_dir: str, text_field: str, spike_rows: SpikeRows | None, batch_documents: int):
+    """The encoder a tokenizer folder calls for; a spike tokenizer on text (or the reverse) is refused."""
+    if is_spike_tokenizer(tokenizer_dir):
+        return SpikeEncoder(load_spike_tokenizer(tokenizer_dir), spike_rows or SpikeRows())
+    if spike_rows is not None:
+        raise ValueError(
+            f"{tokenizer_dir} is a text tokenizer, but the dataset holds spike-count rows; use a tokenizer "
+            "of kind spike_bytes or spike_patch"
+        )
+    return TextEncoder(load_tokenizer(tokenizer_dir), text_field, batch_documents)
+
+
 # ------------------------------------------------------------------------------------ finished pieces
 
 
-def _piece_keys(pieces: list[Piece], tok: TextTokenizer, text_field: str) -> list[str]:
-    """What each shard depends on: its piece of its file (as it is now) and the tokenizer."""
-    common = [SHARD_KEY_VERSION, text_field, tok.sha256, tok.bos_id, tok.eos_id]
+def _piece_keys(pieces: list[Piece], encoder) -> list[str]:
+    """What each shard depends on: its piece of its file (as it is now), the tokenizer and the encoding."""
+    common = [SHARD_KEY_VERSION, *encoder.identity()]
     keys = []
     for piece in pieces:
         stat = Path(piece.file).stat()
@@ -192,68 +297,51 @@ def _kept_records(work: Path, keys: list[str]) -> dict[int, dict]:
 
 # ------------------------------------------------------------------------------------------ encoding
 
-_WORKER_TOKENIZER: TextTokenizer | None = None
+_WORKER_ENCODER = None
 
 
-def _init_worker(tokenizer_dir: str) -> None:
-    global _WORKER_TOKENIZER
+def _init_worker(*encoder_args) -> None:
+    global _WORKER_ENCODER
     from lmrepro.logs import setup_logging
 
     setup_logging()
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per process: num_proc is the core budget
-    _WORKER_TOKENIZER = load_tokenizer(tokenizer_dir)
+    _WORKER_ENCODER = make_encoder(*encoder_args)
 
 
-def _encode_piece_job(
-    i: int, key: str, piece: Piece, work: Path, text_field: str, batch_documents: int
-) -> dict:
-    assert _WORKER_TOKENIZER is not None
-    return _encode_piece(_WORKER_TOKENIZER, i, key, piece, work, text_field, batch_documents)
+def _encode_piece_job(i: int, key: str, piece: Piece, first_row: int, work: Path) -> dict:
+    assert _WORKER_ENCODER is not None
+    return _encode_piece(_WORKER_ENCODER, i, key, piece, first_row, work)
 
 
-def _encode_piece(
-    tok: TextTokenizer, i: int, key: str, piece: Piece, work: Path, text_field: str, batch_documents: int
-) -> dict:
+def _encode_piece(encoder, i: int, key: str, piece: Piece, first_row: int, work: Path) -> dict:
     """Encode one piece into work/shard-<i>.bin, then write its record (the record marks it done)."""
     started = last_log = time.monotonic()
-    prefix = [tok.bos_id] if tok.bos_id is not None else []
     shard = work / f"shard-{i:05d}.bin"
-    dtype = dtype_for_vocab(tok.vocab_size)
+    vocab_size = encoder.vocab_size
+    dtype = dtype_for_vocab(vocab_size)
     parts: list[np.ndarray] = []
-    batch: list[str] = []
     num_documents = 0
-
-    def flush() -> None:
-        flat: list[int] = []
-        for ids in tok.encode_batch(batch):
-            flat += prefix
-            flat += ids
-            flat.append(tok.eos_id)
-        tokens = np.asarray(flat, dtype=np.int64)
-        if tokens.size and (int(tokens.max()) >= tok.vocab_size or int(tokens.min()) < 0):
-            bad = int(tokens.max()) if int(tokens.max()) >= tok.vocab_size else int(tokens.min())
+    stats: dict = {}
+    for tokens, documents in encoder.encode_piece(piece, first_row, stats):
+        if tokens.size and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
+            bad = int(tokens.max()) if int(tokens.max()) >= vocab_size else int(tokens.min())
             raise ValueError(
                 f"{shard} (from {piece.describe()}): token id {bad} out of range for vocab_size "
-                f"{tok.vocab_size} (ids must be in [0, {tok.vocab_size}))"
+                f"{vocab_size} (ids must be in [0, {vocab_size}))"
             )
-        parts.append(tokens.astype(dtype))  # checked, so narrowing to the shard dtype is exact
-        batch.clear()
-
-    for text in iter_piece_texts(piece, text_field):
-        batch.append(text)
-        num_documents += 1
-        if len(batch) == batch_documents:
-            flush()
-            if time.monotonic() - last_log > LOG_EVERY_S:
-                last_log = time.monotonic()
-                log.info("piece %d (%s): %d documents so far", i, piece.describe(), num_documents)
-    if batch:
-        flush()
+        parts.append(tokens.astype(dtype, copy=False))  # checked, so narrowing to the shard dtype is exact
+        num_documents += documents
+        if time.monotonic() - last_log > LOG_EVERY_S:
+            last_log = time.monotonic()
+            log.info("piece %d (%s): %d documents so far", i, piece.describe(), num_documents)
     record = {"piece": i, "key": key, "file": shard.name, "num_documents": num_documents, "num_tokens": 0}
+    if stats:
+        record["spikes"] = stats
     if num_documents:
         tokens = np.concatenate(parts)
         del parts[:]
-        record["sha256"] = write_shard(shard, tokens, vocab_size=tok.vocab_size, num_documents=num_documents)
+        record["sha256"] = write_shard(shard, tokens, vocab_size=vocab_size, num_documents=num_documents)
         record["num_tokens"] = int(tokens.size)
     record["seconds"] = round(time.monotonic() - started, 3)
     write_json(_record_path(work, i), record, indent=None)

@@ -2,8 +2,9 @@
 
 Layout: matrix zero-padded to multiples of (p0, p1), patches in column-major order (time-patch major, then
 neuron-patch), one SEP before each time-patch column. Ids: 0..K-1 patches (most frequent first, ties by
-bytes),
-then SEP, UNK. UNK decodes to zeros. Saved as patch_tokenizer.json + patches.npy (no pickle).
+bytes), then SEP, UNK. An unknown patch becomes UNK and is counted (never silently id 0); UNK decodes to
+zeros. Saved as spike_tokenizer.json (mode patch, its build parameters, the sha256 of the patches) +
+patches.npy, no pickle; deterministic from its data and parameters.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from lmrepro.data.spikes import TOKENIZER_FILE, TOKENIZER_FORMAT, read_tokenizer_meta
+from lmrepro.io import file_sha256
 
 FORMAT_VERSION = 1
 N_SPECIAL = 2  # SEP, UNK
@@ -42,6 +46,12 @@ class PatchTokenizer:
     p1: int
     patches: np.ndarray  # (K, p0*p1) uint8
     fingerprint: str = ""
+    built_from: dict | None = None  # what build() saw: rows, patches counted, distinct patches
+    requested_vocab_size: int | None = None  # V asked of build(); vocab_size is less if fewer patches exist
+    sha256: str = ""  # of spike_tokenizer.json, once saved or loaded (shards record it)
+    mode = "patch"
+    bos_id = None
+    eos_id = None
 
     def __post_init__(self):
         self._keys = _void(self.patches)
@@ -72,6 +82,19 @@ class PatchTokenizer:
         out[:, 1:] = ids
         return out.reshape(-1), int(np.count_nonzero(~hit))
 
+    def encode_row(self, arr: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+        """(tokens, counts for the shard index) of one row."""
+        tokens, unk = self.encode(arr)
+        return tokens, {"unk_patches": unk, "patches": int(tokens.size - -(-arr.shape[1] // self.p1))}
+
+    def column_tokens(self, n_neurons: int) -> int:
+        """Tokens of one time-patch column (SEP + one per neuron patch)."""
+        return -(-n_neurons // self.p0) + 1
+
+    @property
+    def bins_per_column(self) -> int:
+        return self.p1
+
     def decode(self, tokens: np.ndarray, n_neurons: int) -> np.ndarray:
         """Tokens -> (n_np*p0 cropped to n_neurons, n_tp*p1) uint8; UNK -> zeros."""
         n_np = -(-n_neurons // self.p0)
@@ -84,44 +107,75 @@ class PatchTokenizer:
         p = table[ids].reshape(n_tp, n_np, self.p0, self.p1).transpose(1, 2, 0, 3)
         return p.reshape(n_np * self.p0, n_tp * self.p1)[:n_neurons]
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path) -> Path:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         np.save(d / "patches.npy", self.patches, allow_pickle=False)
         meta = {
+            "format": TOKENIZER_FORMAT,
             "format_version": FORMAT_VERSION,
+            "mode": "patch",
             "p0": self.p0,
             "p1": self.p1,
             "vocab_size": self.vocab_size,
+            "requested_vocab_size": self.requested_vocab_size or self.vocab_size,
             "num_patches": len(self.patches),
             "sep_id": self.sep_id,
             "unk_id": self.unk_id,
             "unk_decodes_to": "zeros",
+            "patches_file": "patches.npy",
+            "patches_sha256": file_sha256(d / "patches.npy"),
             "data_fingerprint": self.fingerprint,
+            "built_from": self.built_from,
         }
-        (d / "patch_tokenizer.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (d / TOKENIZER_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        self.sha256 = file_sha256(d / TOKENIZER_FILE)
+        return d / TOKENIZER_FILE
 
     @classmethod
-    def load(cls, directory: str | Path, *, p0: int, p1: int, vocab_size: int) -> PatchTokenizer:
-        f = Path(directory) / "patch_tokenizer.json"
-        meta = json.loads(f.read_text())
+    def load(
+        cls,
+        directory: str | Path,
+        *,
+        p0: int | None = None,
+        p1: int | None = None,
+        vocab_size: int | None = None,
+    ) -> PatchTokenizer:
+        """Load a saved tokenizer; p0/p1/vocab_size, when given, must be what it was built for."""
+        f, meta = read_tokenizer_meta(directory)
+        if meta.get("mode") != "patch":
+            raise ValueError(f"{f}: a {meta.get('mode')} tokenizer, not a patch tokenizer")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{f}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
-        if (meta["p0"], meta["p1"]) != (p0, p1):
+        if p0 is not None and p1 is not None and (meta["p0"], meta["p1"]) != (p0, p1):
             raise ValueError(f"{f}: built for patch {meta['p0']}x{meta['p1']}, run asks for {p0}x{p1}")
-        if meta["vocab_size"] != vocab_size:
-            raise ValueError(f"{f}: built for vocab_size {meta['vocab_size']}, run asks for {vocab_size}")
-        patches = np.load(Path(directory) / "patches.npy", allow_pickle=False)
-        if patches.shape != (meta["num_patches"], p0 * p1) or patches.dtype != np.uint8:
+        requested = meta.get("requested_vocab_size", meta["vocab_size"])
+        if vocab_size is not None and requested != vocab_size:
+            raise ValueError(f"{f}: built for vocab_size {requested}, run asks for {vocab_size}")
+        npy = f.parent / meta["patches_file"]
+        if not npy.is_file():
+            raise FileNotFoundError(f"{npy} (named by {f}) does not exist")
+        if file_sha256(npy) != meta["patches_sha256"]:
+            raise ValueError(f"{npy}: sha256 differs from the one {f} records; the tokenizer is corrupted")
+        patches = np.load(npy, allow_pickle=False)
+        if patches.shape != (meta["num_patches"], meta["p0"] * meta["p1"]) or patches.dtype != np.uint8:
             raise ValueError(f"{f}: patches.npy shape {patches.shape} / dtype {patches.dtype} inconsistent")
-        return cls(p0, p1, patches, meta["data_fingerprint"])
+        tok = cls(
+            meta["p0"], meta["p1"], patches, meta["data_fingerprint"], meta.get("built_from"), requested
+        )
+        tok.sha256 = file_sha256(f)
+        return tok
 
 
 def build(rows, *, p0: int = 1, p1: int = 15, vocab_size: int = 32000) -> PatchTokenizer:
     """Most frequent patches up to vocab_size - 2 (SEP, UNK); ties broken by patch bytes. Pure function."""
+    if vocab_size <= N_SPECIAL or p0 < 1 or p1 < 1:
+        raise ValueError(f"patch {p0}x{p1} and vocab_size {vocab_size}: need p0, p1 >= 1, vocab_size > 2")
     counts: dict[bytes, int] = {}
     h = hashlib.sha256(f"{p0}x{p1}:{vocab_size}".encode())
+    num_rows = 0
     for arr in rows:
+        num_rows += 1
         a = np.ascontiguousarray(arr, dtype=np.uint8)
         h.update(np.asarray(a.shape, np.int64).tobytes() + a.tobytes())
         uniq, c = np.unique(_void(to_patches(a, p0, p1)[0]), return_counts=True)
@@ -129,4 +183,10 @@ def build(rows, *, p0: int = 1, p1: int = 15, vocab_size: int = 32000) -> PatchT
             counts[k] = counts.get(k, 0) + v
     items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: vocab_size - N_SPECIAL]
     patches = np.frombuffer(b"".join(k for k, _ in items), np.uint8).reshape(-1, p0 * p1).copy()
-    return PatchTokenizer(p0, p1, patches, h.hexdigest())
+    built_from = {
+        "rows": num_rows,
+        "patches_counted": sum(counts.values()),
+        "distinct_patches": len(counts),
+        "patches_in_vocab_share": sum(c for _, c in items) / max(sum(counts.values()), 1),
+    }
+    return PatchTokenizer(p0, p1, patches, h.hexdigest(), built_from, vocab_size)

@@ -266,3 +266,115 @@ def _arrow_rows(path: Path, start: int, stop: int, text_field: str) -> Iterator[
     for first in range(start, stop, _BATCH_ROWS):
         values = column.slice(first, min(_BATCH_ROWS, stop - first)).to_pylist()
         yield from _batch_texts(path, values, first, text_field)
+
+
+# ------------------------------------------------------------------------------------- spike-count rows
+
+SPIKE_COLUMN = "spike_counts"  # the Neural Pile's columns (seed-systems.md §1)
+LAB_COLUMN = "source_dataset"
+
+
+def piece_num_rows(piece: Piece) -> int:
+    """Rows of a Parquet or Arrow piece (spike rows are numbered by their position in the split)."""
+    path = Path(piece.file)
+    if piece.format == "parquet":
+        meta = _parquet_file(path).metadata
+        return sum(meta.row_group(g).num_rows for g in range(piece.start, piece.stop))
+    if piece.format == "arrow":
+        return piece.stop - piece.start
+    raise ValueError(f"{path}: spike-count rows are read from Parquet or Arrow files, not {piece.format}")
+
+
+def iter_piece_spike_rows(
+    piece: Piece, first_sample_id: int, *, need_lab: bool = False
+) -> Iterator[tuple[int, object, str | None, str]]:
+    """(sample id, counts, lab, "file:row") of every row of a piece, in file order.
+
+    counts is a (neurons, bins) array, or None for a row that is not 2-D (no neurons, no bins, or rows of
+    different lengths). The lab is None when the file has no `source_dataset` column, which `need_lab`
+    (a lab filter is set) makes an error naming the file. Negative counts are an error naming the row.
+    """
+    import pyarrow as pa
+
+    path = Path(piece.file)
+    if piece.format == "parquet":
+        pf = _parquet_file(path)
+        names = pf.schema_arrow.names
+        row = sum(pf.metadata.row_group(g).num_rows for g in range(piece.start))
+    elif piece.format == "arrow":
+        table = _arrow_table(path)
+        names, row = table.column_names, piece.start
+    else:
+        raise ValueError(f"{path}: spike-count rows are read from Parquet or Arrow files, not {piece.format}")
+    if SPIKE_COLUMN not in names:
+        raise ValueError(f"{path}: no column {SPIKE_COLUMN!r} (columns: {names}); not spike-count rows")
+    if need_lab and LAB_COLUMN not in names:
+        raise ValueError(
+            f"{path}: no column {LAB_COLUMN!r} (columns: {names}), so the dataset's source_dataset filter "
+            "cannot apply; remove it for a single-lab dataset"
+        )
+    columns = [SPIKE_COLUMN] + ([LAB_COLUMN] if LAB_COLUMN in names else [])
+    if piece.format == "parquet":
+        groups = list(range(piece.start, piece.stop))
+        batches = pf.iter_batches(batch_size=_BATCH_ROWS, row_groups=groups, columns=columns)
+    else:
+        part = table.select(columns).slice(piece.start, piece.stop - piece.start)
+        batches = part.to_batches(max_chunksize=_BATCH_ROWS)
+    sample_id = first_sample_id
+    for batch in batches:
+        counts_column = batch.column(0)
+        labs = batch.column(1).to_pylist() if len(columns) > 1 else [None] * batch.num_rows
+        if not pa.types.is_list(counts_column.type) and not pa.types.is_large_list(counts_column.type):
+            raise ValueError(f"{path}: column {SPIKE_COLUMN!r} is {counts_column.type}, not a list of lists")
+        for i, counts in enumerate(_spike_matrices(path, counts_column, row)):
+            yield sample_id, counts, labs[i], f"{path}:{row + i}"
+            sample_id += 1
+        row += batch.num_rows
+
+
+def _spike_matrices(path: Path, column, first_row: int) -> Iterator[object]:
+    """Each row of a list<list<int>> Arrow column as a (neurons, bins) numpy view, or None if not 2-D."""
+    import numpy as np
+    import pyarrow as pa
+
+    outer = column.offsets.to_numpy()
+    inner_lists = column.values
+    if not pa.types.is_list(inner_lists.type) and not pa.types.is_large_list(inner_lists.type):
+        raise ValueError(f"{path}: column {SPIKE_COLUMN!r} is {column.type}, not a list of lists")
+    inner = inner_lists.offsets.to_numpy()
+    flat = inner_lists.values.to_numpy(zero_copy_only=False)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    for i in range(len(column)):
+        a, b = int(outer[i]), int(outer[i + 1])
+        lengths = np.diff(inner[a : b + 1])
+        if not valid[i] or b == a or lengths[0] == 0 or np.any(lengths != lengths[0]):
+            yield None
+            continue
+        counts = flat[inner[a] : inner[b]].reshape(b - a, int(lengths[0]))
+        if counts.dtype != np.uint8:
+            if counts.size and int(counts.min()) < 0:
+                raise ValueError(f"{path}: row {first_row + i}: negative spike count {int(counts.min())}")
+            counts = np.minimum(counts, 255).astype(np.uint8)
+        yield counts
+
+
+def lab_counts(path: str | Path) -> dict[str, int] | None:
+    """Rows per `source_dataset` value of one Parquet/Arrow file (reading that column only); None when
+    the file has no such column."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    fmt = file_format(path)
+    if fmt == "parquet":
+        if LAB_COLUMN not in _parquet_file(path).schema_arrow.names:
+            return None
+        column = pq.read_table(path, columns=[LAB_COLUMN]).column(0)
+    elif fmt == "arrow":
+        table = _arrow_table(path)
+        if LAB_COLUMN not in table.column_names:
+            return None
+        column = table.column(LAB_COLUMN)
+    else:
+        raise ValueError(f"{path}: spike-count rows are read from Parquet or Arrow files, not {fmt}")
+    return {str(c["values"]): int(c["counts"]) for c in pc.value_counts(column).to_pylist()}

@@ -109,11 +109,14 @@ def write_index(
     *,
     vocab_size: int,
     bos_id: int | None,
-    eos_id: int,
+    eos_id: int | None,
     tokenizer_sha256: str,
     source: dict,
+    extra: dict | None = None,
 ) -> Path:
-    """Write the index file (INDEX_FILE) last (atomically): its presence says the shard folder is complete."""
+    """Write the index file (INDEX_FILE) last (atomically): its presence says the shard folder is complete.
+
+    `extra`: more top-level entries (spike shards: `spikes`, the counts of rows kept and skipped)."""
     folder = Path(folder)
     index = {
         "format": INDEX_FORMAT,
@@ -126,6 +129,7 @@ def write_index(
         "num_tokens": sum(s["num_tokens"] for s in shards),
         "num_documents": sum(s["num_documents"] for s in shards),
         "source": source,
+        **(extra or {}),
         "shards": shards,
     }
     path = folder / INDEX_FILE
@@ -151,7 +155,7 @@ class TokenStream:
         self.index_path = self.folder / INDEX_FILE
         self.index = read_index(self.index_path)
         self.vocab_size: int = self.index["vocab_size"]
-        self.eos_id: int = self.index["eos_id"]
+        self.eos_id: int | None = self.index["eos_id"]  # None: spike rows have no boundary token
         self.bos_id: int | None = self.index["bos_id"]
         self._shards: list[np.ndarray] = []
         for entry in self.index["shards"]:
@@ -172,6 +176,11 @@ class TokenStream:
 
     def __len__(self) -> int:
         return self.num_tokens
+
+    @property
+    def shards(self) -> list[np.ndarray]:
+        """Each shard's tokens, memory-mapped, in stream order."""
+        return self._shards
 
     def window(self, start: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
         """Tokens [start, start + length) of the stream, crossing shard boundaries if needed.

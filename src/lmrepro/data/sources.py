@@ -4,12 +4,18 @@
 for local data that is not copied) and the text field, plus provenance (source, repo, resolved commit,
 sizes, sha256). Sources:
 
-* ``synthetic`` — generated ``{train,heldout,mc}.jsonl``;
+* ``synthetic`` — generated ``{train,heldout,mc}.jsonl`` (``kind: spikes``: the Neural Pile stand-in,
+  ``{train,test}.parquet``);
 * ``local`` — a split given as one JSONL file is copied to ``raw/<split>.jsonl``; folders and globs of
   JSONL/Parquet/Arrow/text files are read in place (a cluster file system holds them already);
 * ``hub`` — ``huggingface_hub.snapshot_download`` into the Hugging Face cache (``HF_HUB_CACHE``; parallel,
   resumable, ``HF_TOKEN`` from the environment, ``HF_HUB_OFFLINE=1`` reads only the cache), and
   ``raw/snapshot`` is a link to the cached snapshot of the pinned revision.
+
+A dataset of ``kind: spikes`` (spike-count rows, the Neural Pile) also records ``spikes`` in the manifest:
+its row spec (``source_dataset`` lab filter, ``n_fixed``, ``n_fixed_seed``) and the rows of each lab per
+split, read from the ``source_dataset`` column; a lab the filter names that no split holds stops here,
+naming the lab and the labs present.
 """
 
 from __future__ import annotations
@@ -17,15 +23,18 @@ from __future__ import annotations
 import concurrent.futures as cf
 import fnmatch
 import glob
+import json
 import logging
 import os
 import re
 import shutil
 from pathlib import Path
 
-from lmrepro.data.readers import FORMATS, file_format
+from lmrepro.data import synthetic_spikes
+from lmrepro.data.readers import FORMATS, LAB_COLUMN, file_format, lab_counts
+from lmrepro.data.spikes import SpikeRows
 from lmrepro.data.synthetic import generate_corpus
-from lmrepro.io import atomic_folder, file_sha256, write_json
+from lmrepro.io import atomic_folder, file_sha256, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +53,18 @@ def prepare_dataset(spec: dict, out_dir: str | Path, *, name: str = "dataset", m
 
 def _prepare(spec: dict, tmp: Path, name: str, max_workers: int) -> dict:
     source = spec["source"]
-    if source == "synthetic":
+    if source == "synthetic" and spec.get("kind") == "spikes":
+        paths = synthetic_spikes.write(
+            tmp,
+            seed=spec.get("seed", 0),
+            n_train=spec.get("num_train_rows", 256),
+            n_test=spec.get("num_test_rows", 32),
+            bad_rows=spec.get("num_bad_rows", 0),
+        )
+        files = {Path(f).name: Path(f) for f in paths.values()}
+        manifest = {"source": "synthetic", "files": _hash_files(files, max_workers)}
+        manifest["splits"] = {split: {"files": [Path(f).name]} for split, f in paths.items()}
+    elif source == "synthetic":
         manifest = generate_corpus(
             tmp,
             seed=spec.get("seed", 1234),
@@ -60,8 +80,77 @@ def _prepare(spec: dict, tmp: Path, name: str, max_workers: int) -> dict:
         manifest = _prepare_hub(spec, tmp, name, max_workers)
     else:
         raise ValueError(f"datasets.{name}.source = {source!r} is not valid; valid: synthetic, local, hub")
-    manifest["text_field"] = spec.get("text_field", "text")
+    if spec.get("kind", "text") == "spikes":
+        manifest["kind"] = "spikes"
+        manifest["spikes"] = _spike_rows_manifest(spec, manifest, tmp, name)
+    else:
+        manifest["text_field"] = spec.get("text_field", "text")
     return manifest
+
+
+# ----------------------------------------------------------------------------------------- spikes
+
+
+def spike_rows_spec(spec: dict) -> SpikeRows:
+    """The row spec of a spike dataset's entry of config.yaml."""
+    return SpikeRows.from_dict(spec)
+
+
+def split_files(raw_dir: str | Path, split: str) -> tuple[list[Path], str]:
+    """The data files and text field of one split of a prepared dataset (raw/manifest.json)."""
+    raw_dir = Path(raw_dir)
+    manifest_file = raw_dir / "manifest.json"
+    if not manifest_file.is_file():
+        raise FileNotFoundError(f"{manifest_file} does not exist (run the prepare_dataset step first)")
+    manifest = json.loads(manifest_file.read_text())
+    splits = manifest.get("splits") or {Path(f).stem: {"files": [f]} for f in manifest.get("files", {})}
+    if split not in splits:
+        raise ValueError(f"{raw_dir}: the dataset has no split {split!r}; valid: {sorted(splits)}")
+    return [raw_dir / f for f in splits[split]["files"]], manifest.get("text_field", "text")
+
+
+def spike_rows_of(raw_dir: str | Path) -> SpikeRows | None:
+    """The row spec (lab filter, n_fixed) a prepared spike dataset's manifest records; None for text."""
+    manifest = read_json(Path(raw_dir) / "manifest.json")
+    if manifest.get("kind", "text") != "spikes":
+        return None
+    return SpikeRows.from_dict(manifest["spikes"])
+
+
+def _spike_rows_manifest(spec: dict, manifest: dict, raw: Path, name: str) -> dict:
+    """The row spec and the rows per lab and split; a lab the filter names must be in the data."""
+    rows = spike_rows_spec(spec)
+    labs: dict[str, dict[str, int]] = {}
+    without_column: list[str] = []
+    for split, entry in manifest["splits"].items():
+        per_lab: dict[str, int] = {}
+        for f in entry["files"]:
+            path = Path(f) if Path(f).is_absolute() else raw / f
+            counts = lab_counts(path)
+            if counts is None:
+                without_column.append(str(f))
+                continue
+            for lab, n in counts.items():
+                per_lab[lab] = per_lab.get(lab, 0) + n
+        labs[split] = dict(sorted(per_lab.items()))
+    if rows.source_dataset:
+        if without_column:
+            raise ValueError(
+                f"datasets.{name}.source_dataset: {without_column[0]} has no {LAB_COLUMN!r} column, so "
+                "the lab filter cannot apply; remove source_dataset for a single-lab dataset"
+            )
+        present = sorted({lab for per_lab in labs.values() for lab in per_lab})
+        for lab in rows.source_dataset:
+            if lab not in present:
+                raise ValueError(
+                    f"datasets.{name}.source_dataset: lab {lab!r} is not in the data; labs present: "
+                    f"{', '.join(present) or 'none'}"
+                )
+        for split, per_lab in labs.items():
+            missing = [lab for lab in rows.source_dataset if lab not in per_lab]
+            if missing:
+                log.warning("dataset %s: split %s has no rows of %s", name, split, ", ".join(missing))
+    return {**rows.to_dict(), "rows_per_lab": labs}
 
 
 def _patterns(value: str | list[str]) -> list[str]:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from lmrepro.checkpoint.dcp import load_model
 from lmrepro.data.masking import HELDOUT_MASK_SEED, MaskingConfig
 from lmrepro.data.shards import TokenStream
-from lmrepro.eval.loss import heldout_loss, masked_heldout_loss, pseudo_perplexity
+from lmrepro.eval.loss import heldout_loss, masked_heldout_loss, pseudo_perplexity, scored_windows
+from lmrepro.eval.ngram import fit_ngram, ngram_loss
 from lmrepro.io import read_json, write_json
+from lmrepro.model.losses import load_token_weights
 from lmrepro.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -30,16 +34,21 @@ def evaluate_loss_task(
     max_tokens: int,
     out: str | Path,
     pseudo_perplexity_tokens: int = 0,
+    token_weights: str | Path | None = None,
 ) -> dict:
-    """Held-out loss of a DCP checkpoint on the token shards of a folder (`shards`): next-token loss, or
-    for a masked LM its masked-token loss and accuracy (and the most-frequent-token baseline)."""
+    """Held-out loss of a DCP checkpoint on the token shards of a folder (`shards`): next-token loss (with
+    the run's `token_weights` file also its weighted loss, metrics `weighted_loss` beside `loss`, per
+    token), or for a masked LM its masked-token loss and accuracy (and the most-frequent-token baseline)."""
     model, info = load_model(checkpoint)
     stream = TokenStream(shards)
     if info.get("objective") == "mlm":
         return _masked_loss_task(
             model, info, stream, checkpoint, task, max_tokens, out, pseudo_perplexity_tokens
         )
-    metrics = heldout_loss(model, stream, seq_len=info["seq_len"], max_tokens=max_tokens)
+    weights = load_token_weights(token_weights, model.args.vocab_size) if token_weights else None
+    metrics = heldout_loss(
+        model, stream, seq_len=info["seq_len"], max_tokens=max_tokens, token_weights=weights
+    )
     log.info(
         "%s step %d: loss %.4f, perplexity %.2f", task, info["step"], metrics["loss"], metrics["perplexity"]
     )
@@ -49,8 +58,9 @@ def evaluate_loss_task(
         "tokens_seen": info["tokens_seen"],
         "task": task,
         "kind": "loss",
-        "metrics": {"loss": metrics["loss"], "perplexity": metrics["perplexity"]},
+        "metrics": {k: metrics[k] for k in ("loss", "perplexity", "weighted_loss") if k in metrics},
         "num_tokens": metrics["num_tokens"],
+        "token_weights": str(token_weights) if token_weights else None,
         "source": str(checkpoint),
         "provenance": provenance(),
     }
@@ -128,6 +138,48 @@ def evaluate_multiple_choice_task(
         "lm_eval_version": result.get("lm_eval_version"),
         "lm_eval": result.get("lm_eval"),  # settings + the `lm_eval` command line that reproduces it
         "source": str(export_dir),
+        "provenance": provenance(),
+    }
+    write_result(out, record)
+    return record
+
+
+def evaluate_ngram_task(
+    run: str,
+    train_shards: list[str | Path],
+    shards: str | Path,
+    task: str,
+    *,
+    n: int,
+    max_tokens: int,
+    seq_len: int,
+    out: str | Path,
+) -> dict:
+    """The n-gram baseline of a run: fitted on its training shards, scored in nats per token on the same
+    targets of `shards` that the run's loss eval scores (the first windows of seq_len, max_tokens)."""
+    streams = [TokenStream(folder) for folder in train_shards]
+    vocab_size = max(s.vocab_size for s in streams)
+    model = fit_ngram([np.asarray(s.window(0, len(s))) for s in streams], n, vocab_size)
+    heldout = TokenStream(shards)
+    num_windows = scored_windows(heldout, seq_len=seq_len, max_tokens=max_tokens)
+    metrics = ngram_loss(model, heldout.window(0, num_windows * seq_len + 1), slice(1, None))
+    per_million = model.fit_seconds / max(model.num_tokens, 1) * 1e6
+    log.info(
+        "%s (%d-gram, %d training tokens, fit %.2f s = %.3f s per million tokens): %.4f nats/token on %d",
+        task, n, model.num_tokens, model.fit_seconds, per_million, metrics["loss"], metrics["num_tokens"],
+    )  # fmt: skip
+    record = {
+        "run": run,
+        "task": task,
+        "kind": "ngram",
+        "n": n,
+        "metrics": {"loss": metrics["loss"], "perplexity": metrics["perplexity"]},
+        "num_tokens": metrics["num_tokens"],
+        "train_tokens": model.num_tokens,
+        "distinct_ngrams": int(len(model.gram_keys)),
+        "fit_seconds": model.fit_seconds,
+        "fit_seconds_per_million_tokens": per_million,
+        "source": {"train": [str(f) for f in train_shards], "heldout": str(shards)},
         "provenance": provenance(),
     }
     write_result(out, record)

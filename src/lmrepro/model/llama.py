@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmrepro.model.attention import AttentionKernel
-from lmrepro.model.losses import linear_cross_entropy
+from lmrepro.model.losses import linear_cross_entropy, weighted_linear_cross_entropy
 
 
 @dataclass
@@ -329,13 +329,19 @@ class Transformer(nn.Module):
             _trunc_normal_(self.output.weight, self.args.dim**-0.5)
 
     def forward(
-        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, normaliser: float | None = None
-    ) -> torch.Tensor:
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        normaliser: float | torch.Tensor | None = None,
+        target_weights: torch.Tensor | None = None,
+    ):
         """tokens [b, s] (int64) -> logits [b, s, vocab] in the parameters' dtype.
 
         With ``targets`` [b, s], returns the cross-entropy instead, fused with the output projection so the
         full logits are never materialised (see lmrepro.model.losses): the mean over the targets, or, with
-        ``normaliser``, their sum (IGNORE_INDEX targets left out) divided by it (masked LM).
+        ``normaliser``, their sum (IGNORE_INDEX targets left out) divided by it (masked LM). With
+        ``target_weights`` [b, s] too: (sum(w * ce) / normaliser, sum(ce)), the token-weighted loss share
+        of this micro-batch and its plain loss sum.
         """
         if tokens.shape[1] > self.freqs_cis.shape[0]:
             raise ValueError(
@@ -356,6 +362,11 @@ class Transformer(nn.Module):
         for layer in self.layers.values():
             h = layer(h, self.freqs_cis)  # [b, s, dim]
         h = self.norm(h)
+        if targets is not None and target_weights is not None:
+            flat = h.flatten(0, 1)
+            return weighted_linear_cross_entropy(
+                flat, self.output.weight, targets.flatten(), target_weights.flatten(), normaliser
+            )
         if targets is not None:
             flat = h.flatten(0, 1)
             return linear_cross_entropy(flat, self.output.weight, targets.flatten(), normaliser=normaliser)

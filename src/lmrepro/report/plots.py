@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-from lmrepro.report.summary import load_evals, load_metrics, summary_table
+from lmrepro.report.summary import load_baselines, load_evals, load_metrics, summary_table
 
 PLOT_NAMES = ("loss", "learning_rate", "throughput", "eval_accuracy")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -77,8 +77,11 @@ def _has(df: pd.DataFrame, *columns: str) -> bool:
     return all(c in df.columns for c in columns) and not df.dropna(subset=list(columns)).empty
 
 
-def plot_loss(metrics_df: pd.DataFrame, evals_df: pd.DataFrame, out_base: Path) -> list[Path]:
-    """Training loss (lines) and held-out loss (markers) of every run against tokens seen."""
+def plot_loss(
+    metrics_df: pd.DataFrame, evals_df: pd.DataFrame, out_base: Path, baselines_df: pd.DataFrame | None = None
+) -> list[Path]:
+    """Training loss (lines) and held-out loss (markers) of every run against tokens seen; baselines (an
+    n-gram's held-out loss) as dotted horizontal lines in their run's colour."""
     with matplotlib.rc_context(_RC):
         fig, ax = _new_axes("Training and held-out loss", "tokens seen", "loss (nats/token)")
         train = (
@@ -136,6 +139,14 @@ def plot_loss(metrics_df: pd.DataFrame, evals_df: pd.DataFrame, out_base: Path) 
                 color=styles[run]["color"],
                 label=f"{run}: {task}",
             )
+        baselines = baselines_df if baselines_df is not None else pd.DataFrame(columns=["task"])
+        baseline_tasks = sorted(baselines["task"].unique())
+        for row in baselines.itertuples(index=False):
+            color = styles[row.run]["color"] if row.run in styles else "0.3"
+            ls = (":", "-.", (0, (1, 3)), (0, (5, 2)))[baseline_tasks.index(row.task) % 4]
+            n = f"{int(row.n)}-gram" if row.n == row.n else row.kind  # NaN n: the kind names it
+            label = f"{row.run}: {row.task} ({n}) {row.loss:.3f}"
+            ax.axhline(row.loss, color=color, ls=ls, lw=1.5, label=label)
         ax.xaxis.set_major_formatter(EngFormatter())
         ax.legend(fontsize="small")
         return _save(fig, out_base)
@@ -278,18 +289,20 @@ def write_report(
     out_dir: Path,
     *,
     chance: float | None = 0.25,
+    baseline_paths: Sequence[Path] = (),
 ) -> dict[str, Path]:
     """Write ``summary.csv`` and the four figures (PNG + SVG) into ``out_dir``; return {file name: path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_df = load_metrics(metrics_by_run)
     evals_df = load_evals(eval_paths)
+    baselines_df = load_baselines(baseline_paths)
     written: dict[str, Path] = {}
     summary = out_dir / "summary.csv"
-    summary_table(evals_df, metrics_df).to_csv(summary, index=False)
+    summary_table(evals_df, metrics_df, baselines_df).to_csv(summary, index=False)
     written[summary.name] = summary
     paths = [
-        *plot_loss(metrics_df, evals_df, out_dir / "loss"),
+        *plot_loss(metrics_df, evals_df, out_dir / "loss", baselines_df),
         *plot_learning_rate(metrics_df, out_dir / "learning_rate"),
         *plot_throughput(metrics_df, out_dir / "throughput"),
         *plot_eval_accuracy(evals_df, out_dir / "eval_accuracy", chance=chance),

@@ -22,6 +22,7 @@ METRIC_COLUMNS = (
     "step",
     "tokens_seen",
     "loss",
+    "weighted_loss",
     "lr",
     "grad_norm",
     "tokens_per_s",
@@ -117,7 +118,7 @@ def load_evals(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 # Within a task: loss metrics, then each accuracy next to its stderr; unknown metrics last, alphabetically.
-_METRIC_ORDER = ("loss", "perplexity", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
+_METRIC_ORDER = ("loss", "weighted_loss", "perplexity", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 
 
 def _column_order(column: str) -> tuple[str, int, str]:
@@ -126,11 +127,34 @@ def _column_order(column: str) -> tuple[str, int, str]:
     return task, rank, metric
 
 
-def summary_table(evals_df: pd.DataFrame, metrics_df: pd.DataFrame) -> pd.DataFrame:
+BASELINE_COLUMNS = ("run", "task", "kind", "n", "loss")
+
+
+def load_baselines(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Baseline JSONs (an n-gram's ``{"run", "task", "kind", "n", "metrics": {"loss"}}``), one row each."""
+    records = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"baseline file not found: {path}")
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        for key in ("run", "task", "kind", "metrics"):
+            if not isinstance(doc, dict) or doc.get(key) is None:
+                raise ValueError(f"{path}: baseline has no {key!r}")
+        loss = _number(doc["metrics"].get("loss"))
+        records.append({"run": str(doc["run"]), "task": str(doc["task"]), "kind": str(doc["kind"]),
+                        "n": _number(doc.get("n")), "loss": loss})  # fmt: skip
+    return pd.DataFrame.from_records(records, columns=list(BASELINE_COLUMNS))
+
+
+def summary_table(
+    evals_df: pd.DataFrame, metrics_df: pd.DataFrame, baselines_df: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """One row per evaluated (run, step): ``tokens_seen``, ``train_loss``, a ``<task>/<metric>`` column each.
 
     ``train_loss`` is the training loss logged at exactly that step (NaN if the step was not logged, e.g.
     step 0). ``tokens_seen`` comes from the evaluations, else from the training metrics at that step.
+    A baseline (``baselines_df``, e.g. an n-gram) is a ``<task>/loss`` column of its run's rows, beside the
+    model's losses.
     """
     keys = ["run", "step"]
     if evals_df.empty:
@@ -148,6 +172,12 @@ def summary_table(evals_df: pd.DataFrame, metrics_df: pd.DataFrame) -> pd.DataFr
     table = table.merge(train, on=keys, how="left")
     table["tokens_seen"] = table["tokens_seen"].fillna(table["train_tokens_seen"])
     table = table.drop(columns="train_tokens_seen")
+    if baselines_df is not None:
+        for row in baselines_df.itertuples(index=False):
+            column = f"{row.task}/loss"
+            if column not in table.columns:
+                table[column] = math.nan
+            table.loc[table["run"] == row.run, column] = row.loss
     metric_cols = [c for c in table.columns if "/" in c]
     table = table[[*keys, "tokens_seen", "train_loss", *metric_cols]]
     if table["tokens_seen"].notna().all():

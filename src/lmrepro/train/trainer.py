@@ -27,13 +27,14 @@ import torch.nn.functional as F
 from lmrepro.checkpoint import dcp
 from lmrepro.checkpoint.init_base import INIT_RECORD, init_from_base
 from lmrepro.checkpoint.segment import SegmentCheckpointer, checkpoint_info
-from lmrepro.config import JobConfig, to_dict
+from lmrepro.config import JobConfig, to_dict, token_weights_file
 from lmrepro.data.loader import build_loader
 from lmrepro.data.prefetch import initial_data_state
 from lmrepro.model.attention import flash_attn_kernel, flash_attn_version, sdpa_backend
 from lmrepro.model.build import build_model as build_model_of
 from lmrepro.model.build import model_flops_per_token, output_layer_name
 from lmrepro.model.llama import Transformer
+from lmrepro.model.losses import load_token_weights
 from lmrepro.train import metrics as metrics_lib
 from lmrepro.train.float8 import apply_float8
 from lmrepro.train.kfac import build_kfac
@@ -150,6 +151,11 @@ class Trainer:
 
         seq_len = job.data.seq_len
         dp_rank, dp_size = dp_rank_and_size(self.dims)
+        self.dp_size = dp_size
+        weights_file = token_weights_file(job)
+        self.token_weights = None
+        if weights_file is not None:
+            self.token_weights = load_token_weights(weights_file, self.model_args.vocab_size).to(self.device)
         self.micro_batch_sequences = self.layout.micro_batch_sequences
         self.grad_accum_steps = self.layout.grad_accum_steps
         self.loader = build_loader(
@@ -264,12 +270,66 @@ class Trainer:
             loss = self._loss(inputs, targets, None)
         return loss.full_tensor() if hasattr(loss, "full_tensor") else loss
 
+    def forward_backward_weighted(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        target_weights: torch.Tensor,
+        normaliser: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted loss share, plain loss sum) of one micro-batch; the share is sum(w · ce) over the
+        micro-batch divided by the global batch's weight sum, so the shares of all micro-batches and ranks
+        add up to the global weighted mean (model/losses.py). FSDP averages gradients over the dp ranks,
+        so the share is backpropagated times dp: the ranks' gradients then add up."""
+        autocast = self.compute_dtype != torch.float32 and not self.fsdp
+        precision = torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast)
+        with sdpa_backend(self.job.training.attention_backend), precision:
+            share, plain = self.model(inputs, targets, normaliser=normaliser, target_weights=target_weights)
+        (share * self.dp_size).backward()
+        return share.detach(), plain
+
+    def _weighted_losses(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+        """Token-weighted step: the normaliser is the weight sum of the GLOBAL batch, known before any
+        forward; returns the unweighted loss per token and the weighted loss of the global batch."""
+        target_weights = self.token_weights[targets.to(self.device)]
+        normaliser = target_weights.sum()
+        if dist.is_initialized():
+            dist.all_reduce(normaliser, op=dist.ReduceOp.SUM)
+        sums = torch.zeros(2, device=self.device)  # weighted loss, plain loss sum
+        for rows, x, y in self._micro_batches(inputs, targets):
+            share, ce_sum = self.forward_backward_weighted(x, y, target_weights[rows], normaliser)
+            sums += torch.stack([share, ce_sum])
+        if dist.is_initialized():
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        return {"loss": sums[1] / self.job.training.global_batch_tokens, "weighted_loss": sums[0]}
+
     def _loss_context(self):
         if not self.loss_parallel:
             return nullcontext()
         from torch.distributed.tensor.parallel import loss_parallel
 
         return loss_parallel()
+
+    def _micro_batches(self, inputs: torch.Tensor, targets: torch.Tensor):
+        """(rows, inputs, targets) of each micro-batch, on the device; FSDP syncs gradients on the last."""
+        micro = self.micro_batch_sequences
+        for i in range(self.grad_accum_steps):
+            if self.fsdp:
+                self.model.set_requires_gradient_sync(i == self.grad_accum_steps - 1)
+            batch = slice(i * micro, (i + 1) * micro)
+            x = inputs[batch].to(self.device, non_blocking=True)
+            y = targets[batch].to(self.device, non_blocking=True)
+            yield batch, x, y
+
+    def _objective_loss(self, batch) -> dict:
+        """The step's loss through the objective's batch (train/objective.py), averaged over the ranks."""
+        loss_sum = torch.zeros((), device=self.device)
+        for _, x, y in self._micro_batches(batch.inputs, batch.labels):
+            loss_sum += self.forward_backward(x, y, batch.normaliser, batch.loss_divisor)
+        loss = loss_sum / batch.loss_divisor
+        if dist.is_initialized():
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+        return {"loss": loss}
 
     def train_step(self) -> dict:
         self.step += 1
@@ -278,29 +338,21 @@ class Trainer:
         started = time.perf_counter()
         inputs, targets = self.loader.next_batch()
         data_wait_s = time.perf_counter() - started
-        batch = self.objective.step_batch(inputs, targets, self.loader.last_sample_indices)
-        loss_sum = torch.zeros((), device=self.device)
-        micro = self.micro_batch_sequences
-        for i in range(self.grad_accum_steps):
-            if self.fsdp:
-                self.model.set_requires_gradient_sync(i == self.grad_accum_steps - 1)
-            rows = slice(i * micro, (i + 1) * micro)
-            x = batch.inputs[rows].to(self.device, non_blocking=True)
-            y = batch.labels[rows].to(self.device, non_blocking=True)
-            loss_sum += self.forward_backward(x, y, batch.normaliser, batch.loss_divisor)
+        if self.token_weights is not None:
+            losses = self._weighted_losses(inputs, targets)
+        else:
+            batch = self.objective.step_batch(inputs, targets, self.loader.last_sample_indices)
+            losses = self._objective_loss(batch)
         if self.kfac is not None:
             # Once, after the last micro-batch: factors summed over all of them, the full gradient
             # preconditioned (the seed did it after the first). Clipping then bounds what AdamW receives.
             self.kfac.step(lr)
         params = list(self.model.parameters())
         grad_norm = clip_and_step(self.optimizer, params, self.job.optimizer.grad_clip_norm)
-        loss = loss_sum / batch.loss_divisor
-        if dist.is_initialized():
-            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
         self.tokens_seen += self.job.training.global_batch_tokens
-        # loss and grad_norm stay on the device: nothing here waits for the GPU, so the host queues the
+        # losses and grad_norm stay on the device: nothing here waits for the GPU, so the host queues the
         # next step while this one runs; they become floats only on the steps that are logged.
-        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "data_wait_s": data_wait_s}
+        return {**losses, "lr": lr, "grad_norm": grad_norm, "data_wait_s": data_wait_s}
 
     def _stop_requested(self) -> bool:
         """Whether any rank got a stop signal; agreed over a host (gloo) group: the GPU is not waited on."""
@@ -354,9 +406,10 @@ class Trainer:
                 window_tokens += job.training.global_batch_tokens
                 validate = self.validator is not None and self.validator.due(self.step, self.until_step)
                 if validate or self.step % job.metrics.log_every_steps == 0 or self.step == self.until_step:
-                    out = {**out, "loss": float(out["loss"]), "grad_norm": float(out["grad_norm"])}  # waits
+                    floats = {k: float(out[k]) for k in ("loss", "weighted_loss", "grad_norm") if k in out}
+                    out = {**out, **floats}  # waits for the device
                     elapsed = time.perf_counter() - window_start
-                    if not math.isfinite(out["loss"]):
+                    if not math.isfinite(out["loss"]) or not math.isfinite(out.get("weighted_loss", 0.0)):
                         raise FloatingPointError(f"loss is {out['loss']} at step {self.step}")
                     speed = metrics_lib.throughput(
                         window_tokens, elapsed, self.dims.world_size, self.flops_per_token, self.peak_flops
