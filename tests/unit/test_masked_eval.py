@@ -59,7 +59,9 @@ def test_pseudo_perplexity_masks_one_token_at_a_time(stream: TokenStream) -> Non
 
     model = build(tiny_args(causal=False))
     model.eval()
-    masking = MaskingConfig(mask_ratio=0.3, mask_token_id=2, vocab_size=model.args.vocab_size, never_mask_ids=(0, 1))
+    masking = MaskingConfig(
+        mask_ratio=0.3, mask_token_id=2, vocab_size=model.args.vocab_size, never_mask_ids=(0, 1)
+    )
     got = pseudo_perplexity(model, stream, seq_len=SEQ, num_tokens=20, masking=masking, batch_sequences=7)
     assert got["num_tokens"] == 20
     window = torch.from_numpy(stream.window(0, SEQ)).clone()
