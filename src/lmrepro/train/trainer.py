@@ -261,7 +261,10 @@ class Trainer:
                 if normaliser is None:
                     return F.cross_entropy(logits, targets.flatten())
                 return F.cross_entropy(logits, targets.flatten(), reduction="sum") / normaliser
-            # output projection fused with the loss, chunk by chunk (model/losses.py)
+            # output projection fused with the loss, chunk by chunk (model/losses.py); a model.hf model
+            # takes no normaliser (its objective is causal: config.validate)
+            if normaliser is None:
+                return self.model(inputs, targets)
             return self.model(inputs, targets, normaliser)
 
     def validation_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
