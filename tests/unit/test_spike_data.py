@@ -197,3 +197,23 @@ def test_the_schema_refuses_spike_keys_on_a_text_dataset(neuro_config: dict) -> 
     cfg["datasets"]["pile-standin"]["kind"] = "text"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(cfg, SCHEMA)
+
+
+def test_a_bad_file_stops_the_split_naming_it_and_completed_shards_are_kept(raw: Path, byte_tok, tmp_path):
+    """A lab filter over a file without `source_dataset`: the error names the file; the shard of the good
+    file waits in the work folder and a rerun (file fixed) encodes only the other one."""
+    import pyarrow.parquet as pq
+
+    good, bad = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    table = pq.read_table(raw / "train.parquet")
+    pq.write_table(table.slice(0, 10), good)
+    pq.write_table(table.slice(10, 10).drop_columns(["source_dataset"]), bad)
+    spec = spike_rows_of(raw)
+    with pytest.raises(ValueError, match=f"{bad}: no column 'source_dataset'"):
+        tokenize_to_shards([good, bad], byte_tok, tmp_path / "out", spike_rows=spec)
+    assert (tmp_path / ".work-out" / "piece-00000.json").is_file() and not (tmp_path / "out").exists()
+    pq.write_table(table.slice(10, 10), bad)
+    tokenize_to_shards([good, bad], byte_tok, tmp_path / "out", spike_rows=spec)
+    stream = TokenStream(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "index.json").read_text())["spikes"]["rows_read"] == 20
+    assert len(stream) > 0
