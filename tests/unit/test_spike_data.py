@@ -217,3 +217,22 @@ def test_a_bad_file_stops_the_split_naming_it_and_completed_shards_are_kept(raw:
     stream = TokenStream(tmp_path / "out")
     assert json.loads((tmp_path / "out" / "index.json").read_text())["spikes"]["rows_read"] == 20
     assert len(stream) > 0
+
+
+def test_a_local_folder_of_spike_parquet_files_is_a_spike_dataset(tmp_path: Path) -> None:
+    """The local route reads spike rows in place: a folder per split, the row spec in the manifest."""
+    for split in ("train", "test"):
+        (tmp_path / "pile" / split).mkdir(parents=True)
+    paths = synthetic_spikes.write(tmp_path / "gen", seed=3, n_train=8, n_test=4)
+    for split, path in paths.items():
+        Path(path).rename(tmp_path / "pile" / split / "part-0.parquet")
+    folders = {split: str(tmp_path / "pile" / split) for split in ("train", "test")}
+    spec = {"source": "local", "kind": "spikes", "source_dataset": ["perich"], "files": folders}
+    manifest = prepare_dataset(spec, tmp_path / "raw", name="local-pile")
+    assert manifest["kind"] == "spikes" and manifest["spikes"]["rows_per_lab"]["test"]["perich"] == 1
+    files, _ = split_files(tmp_path / "raw", "train")
+    out = tmp_path / "shards"
+    tokenize_to_shards(
+        files, write_spike_tokenizer(tmp_path / "tok"), out, spike_rows=spike_rows_of(tmp_path / "raw")
+    )
+    assert json.loads((out / "index.json").read_text())["spikes"]["rows_kept"] == 2
