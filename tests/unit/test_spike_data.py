@@ -19,7 +19,7 @@ from lmrepro.data.patch_tokenizer import PatchTokenizer
 from lmrepro.data.shards import TokenStream
 from lmrepro.data.sources import prepare_dataset, spike_rows_of, split_files
 from lmrepro.data.spike_tokenizer import load_any_tokenizer, load_spike_tokenizer, write_spike_tokenizer
-from lmrepro.data.spikes import BYTE_SEP, SpikeRows, encode_bytes, fix_neurons
+from lmrepro.data.spikes import BYTE_SEP, ByteTokenizer, SpikeRows, encode_bytes, fix_neurons
 from lmrepro.workflow import check_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,7 +151,7 @@ def test_a_text_tokenizer_on_spike_rows_is_refused(raw: Path, tmp_path: Path) ->
 
 
 def test_byte_sep_is_the_last_id() -> None:
-    assert BYTE_SEP == 255 == load_any_tokenizer.__globals__["ByteTokenizer"].vocab_size - 1
+    assert BYTE_SEP == 255 == ByteTokenizer.vocab_size - 1
 
 
 # ------------------------------------------------------------------------------- parse-time checks
