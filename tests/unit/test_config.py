@@ -393,3 +393,21 @@ def test_render_invalid_toml_preset_names_preset(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as e:
         render_job_config(preset, {}, {})
     assert str(preset) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"training": {"token_weights": "w.pt"}, "parallel": {"tp_degree": 2}},
+         "training.token_weights is not supported with parallel.tp_degree > 1"),
+        ({"training": {"token_weights": "w.pt", "token_weights_cap": 5.0}},
+         "training.token_weights_cap applies to training.token_weights = 'inverse_frequency' only"),
+        ({"training": {"token_weights": "inverse_frequency", "token_weights_cap": 0.0}},
+         "training.token_weights_cap must be > 0"),
+        ({"training": {"token_weights": "inverse_frequency", "token_weights_sep": -2.0}},
+         "training.token_weights_sep must be -1"),
+    ],
+)  # fmt: skip
+def test_token_weight_settings_are_checked(sections: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate(from_dict(JobConfig, sections))

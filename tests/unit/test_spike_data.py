@@ -19,7 +19,7 @@ from lmrepro.data.patch_tokenizer import PatchTokenizer
 from lmrepro.data.shards import TokenStream
 from lmrepro.data.sources import prepare_dataset, spike_rows_of, split_files
 from lmrepro.data.spike_tokenizer import load_any_tokenizer, load_spike_tokenizer, write_spike_tokenizer
-from lmrepro.data.spikes import BYTE_SEP, SpikeRows, encode_bytes, fix_neurons
+from lmrepro.data.spikes import BYTE_SEP, ByteTokenizer, SpikeRows, encode_bytes, fix_neurons
 from lmrepro.workflow import check_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,7 +151,7 @@ def test_a_text_tokenizer_on_spike_rows_is_refused(raw: Path, tmp_path: Path) ->
 
 
 def test_byte_sep_is_the_last_id() -> None:
-    assert BYTE_SEP == 255 == load_any_tokenizer.__globals__["ByteTokenizer"].vocab_size - 1
+    assert BYTE_SEP == 255 == ByteTokenizer.vocab_size - 1
 
 
 # ------------------------------------------------------------------------------- parse-time checks
@@ -197,3 +197,42 @@ def test_the_schema_refuses_spike_keys_on_a_text_dataset(neuro_config: dict) -> 
     cfg["datasets"]["pile-standin"]["kind"] = "text"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(cfg, SCHEMA)
+
+
+def test_a_bad_file_stops_the_split_naming_it_and_completed_shards_are_kept(raw: Path, byte_tok, tmp_path):
+    """A lab filter over a file without `source_dataset`: the error names the file; the shard of the good
+    file waits in the work folder and a rerun (file fixed) encodes only the other one."""
+    import pyarrow.parquet as pq
+
+    good, bad = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    table = pq.read_table(raw / "train.parquet")
+    pq.write_table(table.slice(0, 10), good)
+    pq.write_table(table.slice(10, 10).drop_columns(["source_dataset"]), bad)
+    spec = spike_rows_of(raw)
+    with pytest.raises(ValueError, match=f"{bad}: no column 'source_dataset'"):
+        tokenize_to_shards([good, bad], byte_tok, tmp_path / "out", spike_rows=spec)
+    assert (tmp_path / ".work-out" / "piece-00000.json").is_file() and not (tmp_path / "out").exists()
+    pq.write_table(table.slice(10, 10), bad)
+    tokenize_to_shards([good, bad], byte_tok, tmp_path / "out", spike_rows=spec)
+    stream = TokenStream(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "index.json").read_text())["spikes"]["rows_read"] == 20
+    assert len(stream) > 0
+
+
+def test_a_local_folder_of_spike_parquet_files_is_a_spike_dataset(tmp_path: Path) -> None:
+    """The local route reads spike rows in place: a folder per split, the row spec in the manifest."""
+    for split in ("train", "test"):
+        (tmp_path / "pile" / split).mkdir(parents=True)
+    paths = synthetic_spikes.write(tmp_path / "gen", seed=3, n_train=8, n_test=4)
+    for split, path in paths.items():
+        Path(path).rename(tmp_path / "pile" / split / "part-0.parquet")
+    folders = {split: str(tmp_path / "pile" / split) for split in ("train", "test")}
+    spec = {"source": "local", "kind": "spikes", "source_dataset": ["perich"], "files": folders}
+    manifest = prepare_dataset(spec, tmp_path / "raw", name="local-pile")
+    assert manifest["kind"] == "spikes" and manifest["spikes"]["rows_per_lab"]["test"]["perich"] == 1
+    files, _ = split_files(tmp_path / "raw", "train")
+    out = tmp_path / "shards"
+    tokenize_to_shards(
+        files, write_spike_tokenizer(tmp_path / "tok"), out, spike_rows=spike_rows_of(tmp_path / "raw")
+    )
+    assert json.loads((out / "index.json").read_text())["spikes"]["rows_kept"] == 2

@@ -91,11 +91,6 @@ def _prepare(spec: dict, tmp: Path, name: str, max_workers: int) -> dict:
 # ----------------------------------------------------------------------------------------- spikes
 
 
-def spike_rows_spec(spec: dict) -> SpikeRows:
-    """The row spec of a spike dataset's entry of config.yaml."""
-    return SpikeRows.from_dict(spec)
-
-
 def split_files(raw_dir: str | Path, split: str) -> tuple[list[Path], str]:
     """The data files and text field of one split of a prepared dataset (raw/manifest.json)."""
     raw_dir = Path(raw_dir)
@@ -119,7 +114,7 @@ def spike_rows_of(raw_dir: str | Path) -> SpikeRows | None:
 
 def _spike_rows_manifest(spec: dict, manifest: dict, raw: Path, name: str) -> dict:
     """The row spec and the rows per lab and split; a lab the filter names must be in the data."""
-    rows = spike_rows_spec(spec)
+    rows = SpikeRows.from_dict(spec)
     labs: dict[str, dict[str, int]] = {}
     without_column: list[str] = []
     for split, entry in manifest["splits"].items():

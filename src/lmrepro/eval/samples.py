@@ -53,8 +53,9 @@ def continue_columns(
     context_tokens: int,
     generator: torch.Generator,
     temperature: float = 1.0,
-) -> tuple[np.ndarray, float]:
-    """`num_columns` more columns after `prompt` (whole columns): (new tokens, mean model P(SEP) at SEPs)."""
+) -> tuple[np.ndarray, float | None]:
+    """`num_columns` more columns after `prompt` (whole columns): (new tokens, mean model P(SEP) at SEPs;
+    None when no column was generated)."""
     tokens = list(int(t) for t in prompt)
     context_columns = max(context_tokens // column_tokens, 1)
     sep_probs = []
@@ -71,7 +72,7 @@ def continue_columns(
         probs[banned] = 0
         tokens.append(int(torch.multinomial(probs / probs.sum(), 1, generator=generator)))
     new = np.asarray(tokens[len(prompt) :], dtype=np.int64)
-    return new, float(np.mean(sep_probs)) if sep_probs else float("nan")
+    return new, float(np.mean(sep_probs)) if sep_probs else None
 
 
 def sample_spikes(
