@@ -80,3 +80,42 @@ def write_train_toml(path: Path, run_dir: Path, train_index: Path, **sections) -
     job = from_dict(JobConfig, merge(base, sections))
     path.write_text(dump_toml(job))
     return path
+
+
+# Tiny shapes of the llm-pytorch seed's models (GPT-Neo-125M: alternating global/local attention, tied
+# embeddings), of GPT-NeoX and of transformers' Llama, for configs written by transformers itself.
+TINY_HF_CONFIGS = {
+    "gpt_neo": dict(
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        attention_types=[[["global", "local"], 1]],
+        window_size=8,
+        max_position_embeddings=64,
+        intermediate_size=64,
+    ),
+    "gpt_neox": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    ),
+    "llama": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    ),
+}
+
+
+def write_tiny_hf_config(folder: Path, model_type: str, **overrides) -> Path:
+    """A config folder as a user gets it from transformers (`save_pretrained`)."""
+    import transformers
+
+    config = transformers.AutoConfig.for_model(model_type, **{**TINY_HF_CONFIGS[model_type], **overrides})
+    config.save_pretrained(folder)
+    return folder

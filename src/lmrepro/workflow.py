@@ -100,13 +100,14 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
             raise ValueError(
                 f"{where}.segment_steps = {spec['segment_steps']} exceeds {where}.steps = {spec['steps']}"
             )
+        resolved = with_validation(spec, evals, run)
         try:
-            fixed = run_fixed_values(run, with_validation(spec, evals), root=root)
+            fixed = run_fixed_values(run, resolved, root=root)
             job = render_job_config(root / spec["preset"], spec.get("overrides", {}), fixed)
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"{where}: {e}") from None
         if "validation" in spec:
-            _check_validation(run, spec, job, evals)
+            _check_validation(run, job)
         if job.training.objective == "mlm":
             _check_mlm_run(run, spec, job, config, root)
         if job.model.hf.enabled:
@@ -205,27 +206,26 @@ def run_fixed_values(
 # ---------------------------------------------------------------------------------- in-loop validation
 
 
-def with_validation(spec: dict, evals: dict[str, dict]) -> dict:
+def with_validation(spec: dict, evals: dict[str, dict], run: str = "<run>") -> dict:
     """The run's spec with ``validation`` resolved: its loss eval's dataset, split and max_tokens added."""
     if "validation" not in spec:
         return spec
     v = spec["validation"]
-    _require(evals, v["eval"], "validation.eval of a run", "eval")
+    where = f"runs.{run}.validation"
+    _require(evals, v["eval"], f"{where}.eval", "eval")
     task = evals[v["eval"]]
+    if task["kind"] != "loss":
+        raise ValueError(
+            f"{where}.eval = {v['eval']!r} is a {task['kind']} eval; in-loop validation scores a loss eval"
+        )
     split, max_tokens = task.get("split"), task.get("max_tokens", 32768)
     resolved = {**v, "dataset": task["dataset"], "split": split, "max_tokens": max_tokens}
     return {**spec, "validation": resolved}
 
 
-def _check_validation(run: str, spec: dict, job: Any, evals: dict[str, dict]) -> None:
+def _check_validation(run: str, job: Any) -> None:
+    """What the rendered trainer config says about in-loop validation (the eval itself: with_validation)."""
     where = f"runs.{run}.validation"
-    _require(evals, spec["validation"]["eval"], f"{where}.eval", "eval")
-    task = evals[spec["validation"]["eval"]]
-    if task["kind"] != "loss":
-        raise ValueError(
-            f"{where}.eval = {spec['validation']['eval']!r} is a {task['kind']} eval; in-loop "
-            "validation scores a loss eval"
-        )
     if job.training.objective != "causal":
         raise ValueError(
             f"{where}: in-loop validation scores the next-token loss; an MLM run "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import write_train_toml
+from helpers import write_tiny_hf_config, write_train_toml
 from trainer_processes import (
     init_checkpoint,
     kill_tree,
@@ -31,17 +31,7 @@ def neo_config(tmp_path_factory):
     """A tiny GPT-Neo (the seed's gpt-neo-125m layout: alternating global/local attention, tied embeddings)
     as transformers writes it."""
     folder = tmp_path_factory.mktemp("neo") / "config"
-    transformers.AutoConfig.for_model(
-        "gpt_neo",
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        attention_types=[[["global", "local"], 1]],
-        window_size=8,
-        max_position_embeddings=64,
-        intermediate_size=64,
-    ).save_pretrained(folder)
-    return folder
+    return write_tiny_hf_config(folder, "gpt_neo")
 
 
 def hf_run(tmp_path, tiny_data, neo_config, name, **sections):

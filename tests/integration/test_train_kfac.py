@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import write_train_toml
+from helpers import write_tiny_hf_config, write_train_toml
 from trainer_processes import init_checkpoint, kill_tree, launch, losses, train, wait_for_checkpoint, weights
 
 transformers = pytest.importorskip("transformers")
@@ -19,17 +19,7 @@ KFAC = {"enabled": True, "factor_update_steps": 1, "inv_update_steps": 3}
 @pytest.fixture(scope="module")
 def neo_config(tmp_path_factory):
     folder = tmp_path_factory.mktemp("neo") / "config"
-    transformers.AutoConfig.for_model(
-        "gpt_neo",
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        attention_types=[[["global", "local"], 1]],
-        window_size=8,
-        max_position_embeddings=64,
-        intermediate_size=64,
-    ).save_pretrained(folder)
-    return folder
+    return write_tiny_hf_config(folder, "gpt_neo")
 
 
 def kfac_run(tmp_path, tiny_data, name, *, micro=0, kfac=KFAC, model=None):

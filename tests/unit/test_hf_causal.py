@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TINY_HF_CONFIGS, write_tiny_hf_config
 
 from lmrepro.config import HFModelConfig, JobConfig, ModelConfig, validate
 from lmrepro.model.build import args_from_info, build_model, model_info, output_layer_name
@@ -13,43 +14,14 @@ from lmrepro.model.hf_causal import HFCausalLM, hf_causal_args
 transformers = pytest.importorskip("transformers")
 
 VOCAB = 97
-# Tiny shapes of the seed's models (GPT-Neo-125M: alternating global/local attention, tied embeddings).
-TINY = {
-    "gpt_neo": dict(
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        attention_types=[[["global", "local"], 1]],
-        window_size=8,
-        max_position_embeddings=64,
-        intermediate_size=64,
-    ),
-    "gpt_neox": dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    ),
-    "llama": dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    ),
-}
+TINY = TINY_HF_CONFIGS
 BLOCKS = {"gpt_neo": "GPTNeoBlock", "gpt_neox": "GPTNeoXLayer", "llama": "LlamaDecoderLayer"}
 # transformers 5 names (4.x called GPT-NeoX's embed_out)
 OUTPUT = {"gpt_neo": "lm_head", "gpt_neox": "lm_head", "llama": "lm_head"}
 
 
 def write_tiny_config(folder, model_type: str):
-    """A config folder as a user gets it from transformers (`save_pretrained`)."""
-    config = transformers.AutoConfig.for_model(model_type, vocab_size=50, **TINY[model_type])
-    config.save_pretrained(folder)
-    return folder
+    return write_tiny_hf_config(folder, model_type, vocab_size=50)
 
 
 def seeded_model(args, seed=0) -> HFCausalLM:

@@ -22,6 +22,7 @@ from lmrepro.workflow import (
     report_files,
     run_fixed_values,
     segment_boundaries,
+    with_validation,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -366,3 +367,23 @@ def test_mlm_run_refuses_causal_only_evals(config: dict, root: Path) -> None:
     cfg["runs"]["tiny"]["evals"] = ["heldout", "synthetic_mc"]
     with pytest.raises(ValueError, match=r"runs.tiny.evals: synthetic_mc is a multiple_choice eval"):
         check_config(cfg, root)
+
+
+def test_in_loop_validation_resolves_a_loss_eval_and_refuses_the_rest(config: dict, root: Path) -> None:
+    config["runs"]["tiny"]["validation"] = {"eval": "heldout", "every_steps": 10}
+    check_config(schema_valid(config), root=root)
+    fixed = run_fixed_values("tiny", with_validation(config["runs"]["tiny"], config["evals"], "tiny"))
+    assert fixed["validation"] == {
+        "every_steps": 10,
+        "name": "heldout",
+        "index": "results/data/synthetic/synthetic-bpe/heldout/index.json",
+        "max_tokens": 32768,
+    }
+    cases = {
+        "nope": r"^runs\.tiny\.validation\.eval = 'nope' is not a configured eval",
+        "synthetic_mc": r"^runs\.tiny\.validation\.eval = 'synthetic_mc' is a multiple_choice eval",
+    }
+    for name, message in cases.items():
+        config["runs"]["tiny"]["validation"]["eval"] = name
+        with pytest.raises(ValueError, match=message):
+            check_config(schema_valid(config), root=root)

@@ -44,7 +44,7 @@ LMREPRO_ENV = "../../envs/lmrepro.yaml"
 
 def run_settings(run):
     """The run's config.yaml entry, its in-loop validation resolved to a dataset split."""
-    return with_validation(config["runs"][run], config.get("evals", {}))
+    return with_validation(config["runs"][run], config.get("evals", {}), run)
 
 
 def tokenizer_train_raw(wildcards):
