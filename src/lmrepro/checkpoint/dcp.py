@@ -121,36 +121,7 @@ def default_stager(device: torch.device):
     options = StagingOptions(
         use_pinned_memory=cuda, use_shared_memory=False, use_async_staging=False, use_non_blocking_copy=cuda
     )
-    _stagers_copy_classes()
     return DefaultStager(options)
-
-
-def _copy_classes_atomically(state_dict_stager) -> None:
-    """torch 2.11's StateDictStager has no copier for class objects, so staging any value whose pickle
-    reduction names its class fails with ``KeyError: <class 'type'>`` (seen on the H200 with torch
-    2.11.0+cu130; torch 2.13 registers one). Classes are immutable: they are copied as themselves."""
-
-    def _deepcopy_atomic(x, _memo):
-        return x
-
-    state_dict_stager._deepcopy_dispatch.setdefault(type, _deepcopy_atomic)
-
-
-def _stagers_copy_classes() -> None:
-    """Every StateDictStager (DCP makes its own inside DefaultStager) gets the copier for classes."""
-    from torch.distributed.checkpoint import _state_dict_stager as staging
-
-    stager_class = staging.StateDictStager
-    if getattr(stager_class, "_lmrepro_copies_classes", False):
-        return
-    init = stager_class.__init__
-
-    def __init__(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        _copy_classes_atomically(self)
-
-    stager_class.__init__ = __init__
-    stager_class._lmrepro_copies_classes = True
 
 
 def _begin(path: Path) -> Path:
