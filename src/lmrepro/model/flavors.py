@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
-from lmrepro.model.llama import ModelArgs, RopeScaling
+from lmrepro.model.args import ModelArgs, RopeScaling
 
 _LLAMA3_ROPE_THETA = 500000.0
 
