@@ -268,7 +268,7 @@ def test_local_dataset_used_by_a_run(config: dict, root: Path) -> None:
         "preset": "config/train/debug.toml",
         "dataset": "mine",
         "tokenizer": "mine-bpe",
-        "steps": 10,
+        "steps": 20,
         "segment_steps": 5,
         "evals": ["mine_valid"],
     }
