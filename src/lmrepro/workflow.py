@@ -115,13 +115,13 @@ def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"{where}: {e}") from None
         _check_run_steps(run, spec, job)
-        _check_run_layout(run, job, world_size, root)
         if "validation" in spec:
             _check_validation(run, job)
         if job.training.objective == "mlm":
             _check_mlm_run(run, spec, job, config, root)
         if job.model.hf.enabled:
             _check_hf_model(run, spec, job, root)
+        _check_run_layout(run, job, world_size, root)
         if "init" in spec:
             _require(bases, spec["init"], f"{where}.init", "base")
             transformers_base = bases[spec["init"]]["format"] == "transformers"
@@ -166,14 +166,14 @@ def _check_run_layout(run: str, job: Any, world_size: int, root: Path) -> None:
         job = dataclasses.replace(job, model=dataclasses.replace(job.model, hf=hf))
     try:
         plan_layout(job, world_size)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         processes = (
             f" (world size {world_size} = train_procs_per_node × nodes of train_segment, as the profile or "
             "--set-resources declare them)"
             if "world size" in str(e) or "data-parallel" in str(e)
             else ""
         )
-        raise ValueError(f"runs.{run}: {e}{processes}") from None
+        raise type(e)(f"runs.{run}: {e}{processes}") from None
 
 
 def _check_hf_model(run: str, spec: dict, job: Any, root: Path) -> None:
