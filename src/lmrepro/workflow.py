@@ -52,7 +52,7 @@ def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int
     evals = config.get("evals", {})
     for name, spec in datasets.items():
         local_input_paths(spec, root, name=name)  # every local pattern finds a file
-        _check_local_files(name, spec, root)
+        _check_local_files(name, spec, root, _multiple_choice_splits(name, evals))
     for name, spec in tokenizers.items():
         if spec["kind"] == "spike_bytes":
             continue
@@ -397,15 +397,26 @@ def _check_run_base(run: str, spec: dict, job: Any, config: dict[str, Any], base
 PEEKED_FILES_PER_SPLIT = 16
 
 
-def _check_local_files(name: str, spec: dict, root: Path) -> None:
+def _multiple_choice_splits(dataset: str, evals: dict[str, dict]) -> set[str]:
+    """The splits of a dataset that multiple_choice evals read (their file's stem): examples, not text."""
+    return {
+        Path(spec["file"]).stem
+        for spec in evals.values()
+        if spec["kind"] == "multiple_choice" and spec["dataset"] == dataset
+    }
+
+
+def _check_local_files(name: str, spec: dict, root: Path, example_splits: set[str]) -> None:
     """A local dataset's files: a known format each, and the first few of a split not empty, UTF-8, with
-    the text field in the first row (lmrepro.data.peek; cheap: the first chunk or the metadata)."""
+    the text field in the first row (lmrepro.data.peek; cheap: the first chunk or the metadata); a split of
+    multiple-choice examples (`example_splits`) only needs JSON objects."""
     if spec.get("source") != "local":
         return
-    text_field, kind = spec.get("text_field", "text"), dataset_kind(spec)
+    kind = dataset_kind(spec)
     for split, value in spec["files"].items():
         where = f"datasets.{name}.files.{split}"
         files = select_local_files(value, where, root)
+        text_field = None if split in example_splits else spec.get("text_field", "text")
         try:
             for f in files:
                 file_format(f)

@@ -568,8 +568,11 @@ def test_good_data_files_pass(config: dict, root: Path) -> None:
     (root / "d").mkdir()
     parquet_file(root / "d" / "a.parquet", "body")
     (root / "d" / "b.jsonl").write_text('\n{"body": "naïve"}\n')
-    cfg = with_local_dataset(config, {"train": ["d/a.parquet", "d/b.jsonl"]})
+    example = {"ctx": "The cat", "endings": ["sat.", "flew."], "label": 0}
+    (root / "d" / "mc.jsonl").write_text(json.dumps(example) + "\n")  # an eval's examples have no text field
+    cfg = with_local_dataset(config, {"train": ["d/a.parquet", "d/b.jsonl"], "mc": "d/mc.jsonl"})
     cfg["datasets"]["mine"]["text_field"] = "body"
+    cfg["evals"]["mine_mc"] = {"kind": "multiple_choice", "dataset": "mine", "file": "mc.jsonl"}
     check_config(schema_valid(cfg), root=root)
 
 

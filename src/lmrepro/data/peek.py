@@ -18,9 +18,10 @@ from lmrepro.data.readers import SPIKE_COLUMN, _row_text, file_format
 FIRST_CHUNK_BYTES = 64 * 1024
 
 
-def peek_data_file(path: str | Path, text_field: str = "text", kind: str = "text") -> None:
+def peek_data_file(path: str | Path, text_field: str | None = "text", kind: str = "text") -> None:
     """Raise ValueError naming `path` if it is of an unknown format, empty, not UTF-8 at the start, or its
-    first row lacks `text_field` (`kind` spikes: a Parquet/Arrow file with a spike_counts column)."""
+    first row lacks `text_field` (None: any JSON object, e.g. a multiple-choice example; `kind` spikes: a
+    Parquet/Arrow file with a spike_counts column)."""
     path = Path(path)
     fmt = file_format(path)
     if path.stat().st_size == 0:
@@ -56,7 +57,7 @@ def _first_text(path: Path, chunk: bytes) -> str:
         raise ValueError(f"{path}: not UTF-8 at byte {e.start} ({e.reason})") from None
 
 
-def _peek_jsonl(path: Path, chunk: bytes, text_field: str) -> None:
+def _peek_jsonl(path: Path, chunk: bytes, text_field: str | None) -> None:
     text = _first_text(path, chunk)
     lines = text.split("\n")
     complete = lines if len(chunk) < FIRST_CHUNK_BYTES else lines[:-1]
@@ -68,7 +69,10 @@ def _peek_jsonl(path: Path, chunk: bytes, text_field: str) -> None:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
         try:
-            _row_text(row, text_field)
+            if text_field is None and not isinstance(row, dict):
+                raise ValueError(f"row is a {type(row).__name__}, not a JSON object")
+            if text_field is not None:
+                _row_text(row, text_field)
         except ValueError as e:
             raise ValueError(f"{path}:{number}: {e}; set the dataset's text_field") from None
         return
@@ -103,7 +107,7 @@ def _peek_arrow(path: Path, column: str) -> None:
     _has_column(path, schema.names, column)
 
 
-def _has_column(path: Path, names: list[str], column: str) -> None:
-    if column not in names:
+def _has_column(path: Path, names: list[str], column: str | None) -> None:
+    if column is not None and column not in names:
         fix = "not spike-count rows" if column == SPIKE_COLUMN else "set the dataset's text_field"
         raise ValueError(f"{path}: no column {column!r} (columns: {names}); {fix}")
