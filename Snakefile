@@ -14,8 +14,24 @@ shell.prefix(f'export PYTHONPATH="{_SRC}:$PYTHONPATH"; ')
 min_version("9.0")
 
 
+from lmrepro.user_input import (
+    check_command_line,
+    check_schema,
+    command_line_targets,
+    load_config_file,
+    stop_on_user_error,
+)
+
+SCHEMA = "workflow/schemas/config.schema.yaml"
+
 # The embedded default, unless --configfile names an experiment (config/experiments/): that file alone is
 # the config then, so only its runs are planned, run and reported (`--config key=value` still merges).
+# Each config file is read strictly first (syntax errors with line and column, duplicate keys refused);
+# a user error stops here in one line, before any job (lmrepro.user_input).
+with stop_on_user_error():
+    for config_file in workflow.overwrite_configfiles or ["config/config.yaml"]:
+        load_config_file(config_file)
+
 if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
@@ -24,7 +40,12 @@ if not workflow.overwrite_configfiles:
 report: "workflow/report/workflow.rst"
 
 
-validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+with stop_on_user_error():
+    check_schema(config, SCHEMA)
+    check_command_line(
+        workflow.resource_settings.cores, command_line_targets(), config["runs"]
+    )
+validate(config, SCHEMA, set_default=True)
 
 
 include: "workflow/rules/common.smk"

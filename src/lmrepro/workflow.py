@@ -3,14 +3,17 @@ segment boundaries, and the one home of result paths under results/."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from lmrepro.config import check_weights, render_job_config
+from lmrepro.data.peek import peek_data_file
+from lmrepro.data.readers import file_format
 from lmrepro.data.shards import INDEX_FILE
-from lmrepro.data.sources import local_input_paths
+from lmrepro.data.sources import local_input_paths, select_local_files
 
 
 def segment_boundaries(steps: int, segment_steps: int) -> list[int]:
@@ -40,13 +43,16 @@ def _require(mapping: dict, name: str, where: str, what: str) -> None:
         raise ValueError(f"{where} = {name!r} is not a configured {what}; valid: {sorted(mapping)}")
 
 
-def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
-    """Cross-reference checks the JSON schema cannot express. Raises naming the config key."""
+def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int = 1) -> None:
+    """Cross-reference checks the JSON schema cannot express, every run's trainer config rendered and its
+    layout planned for `world_size` training processes (what the profile declares). Raises naming the
+    config key or file."""
     root = Path(root)
     datasets, tokenizers = config["datasets"], config["tokenizers"]
     evals = config.get("evals", {})
     for name, spec in datasets.items():
         local_input_paths(spec, root, name=name)  # every local pattern finds a file
+        _check_local_files(name, spec, root, _multiple_choice_splits(name, evals))
     for name, spec in tokenizers.items():
         if spec["kind"] == "spike_bytes":
             continue
@@ -60,6 +66,8 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
                 )
         elif not (root / spec["path"]).exists():
             raise FileNotFoundError(f"tokenizers.{name}.path: {spec['path']} does not exist")
+        else:
+            _check_tokenizer_file(name, spec, root)
     for name, spec in evals.items():
         _require(datasets, spec["dataset"], f"evals.{name}.dataset", "dataset")
         source = datasets[spec["dataset"]]
@@ -106,12 +114,14 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
             job = render_job_config(root / spec["preset"], spec.get("overrides", {}), fixed)
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"{where}: {e}") from None
+        _check_run_steps(run, spec, job)
         if "validation" in spec:
             _check_validation(run, job)
         if job.training.objective == "mlm":
             _check_mlm_run(run, spec, job, config, root)
         if job.model.hf.enabled:
             _check_hf_model(run, spec, job, root)
+        _check_run_layout(run, job, world_size, root)
         if "init" in spec:
             _require(bases, spec["init"], f"{where}.init", "base")
             transformers_base = bases[spec["init"]]["format"] == "transformers"
@@ -128,6 +138,42 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
                 _check_run_transformers_base(run, spec, job, config, root)
             else:
                 _check_run_base(run, spec, job, config, base_args[spec["init"]])
+
+
+def _check_run_steps(run: str, spec: dict, job: Any) -> None:
+    """Step counts that only make sense within the run's steps."""
+    where, steps = f"runs.{run}", spec["steps"]
+    if job.schedule.warmup_steps > steps:
+        raise ValueError(
+            f"{where}: schedule.warmup_steps = {job.schedule.warmup_steps} exceeds {where}.steps = {steps}: "
+            f"the learning rate would never reach its peak; use at most {steps}"
+        )
+    if job.validation.every_steps > steps:
+        raise ValueError(
+            f"{where}.validation.every_steps = {job.validation.every_steps} exceeds {where}.steps = {steps}; "
+            f"use at most {steps}"
+        )
+
+
+def _check_run_layout(run: str, job: Any, world_size: int, root: Path) -> None:
+    """The model shape, the parallel degrees and the batch arithmetic for the job's world size, by the
+    trainer's own plan_layout (torch is imported only for a model.hf run)."""
+    from lmrepro.train.layout import plan_layout
+
+    hf = job.model.hf
+    if hf.config:  # a folder relative to the workflow's directory, as the job will read it
+        hf = dataclasses.replace(hf, config=str(root / hf.config))
+        job = dataclasses.replace(job, model=dataclasses.replace(job.model, hf=hf))
+    try:
+        plan_layout(job, world_size)
+    except (ValueError, FileNotFoundError) as e:
+        processes = (
+            f" (world size {world_size} = train_procs_per_node × nodes of train_segment, as the profile or "
+            "--set-resources declare them)"
+            if "world size" in str(e) or "data-parallel" in str(e)
+            else ""
+        )
+        raise type(e)(f"runs.{run}: {e}{processes}") from None
 
 
 def _check_hf_model(run: str, spec: dict, job: Any, root: Path) -> None:
@@ -347,6 +393,65 @@ def _check_run_base(run: str, spec: dict, job: Any, config: dict[str, Any], base
 
 
 # ---------------------------------------------------------------------------------- training data
+
+PEEKED_FILES_PER_SPLIT = 16
+
+
+def _multiple_choice_splits(dataset: str, evals: dict[str, dict]) -> set[str]:
+    """The splits of a dataset that multiple_choice evals read (their file's stem): examples, not text."""
+    return {
+        Path(spec["file"]).stem
+        for spec in evals.values()
+        if spec["kind"] == "multiple_choice" and spec["dataset"] == dataset
+    }
+
+
+def _check_local_files(name: str, spec: dict, root: Path, example_splits: set[str]) -> None:
+    """A local dataset's files: a known format each, and the first few of a split not empty, UTF-8, with
+    the text field in the first row (lmrepro.data.peek; cheap: the first chunk or the metadata); a split of
+    multiple-choice examples (`example_splits`) only needs JSON objects."""
+    if spec.get("source") != "local":
+        return
+    kind = dataset_kind(spec)
+    for split, value in spec["files"].items():
+        where = f"datasets.{name}.files.{split}"
+        files = select_local_files(value, where, root)
+        text_field = None if split in example_splits else spec.get("text_field", "text")
+        try:
+            for f in files:
+                file_format(f)
+            for f in files[:PEEKED_FILES_PER_SPLIT]:
+                peek_data_file(f, text_field, kind)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
+# A tokenizer.model of Llama 3 (tiktoken) is text, `base64-token rank` a line; SentencePiece's is protobuf.
+def _check_tokenizer_file(name: str, spec: dict, root: Path) -> None:
+    """The file a hf/tiktoken/sentencepiece tokenizer imports exists and is of that kind (first bytes)."""
+    kind, where = spec["kind"], f"tokenizers.{name}.path"
+    path = root / spec["path"]
+    if kind == "spike_patch":
+        return
+    if kind == "hf":
+        folder = path if path.is_dir() else path.parent
+        if not (folder / "tokenizer.json").is_file():
+            raise FileNotFoundError(
+                f"{where}: {spec['path']} has no tokenizer.json (kind hf is a Hugging Face tokenizer folder; "
+                "a tokenizer.model is kind tiktoken or sentencepiece)"
+            )
+        return
+    model = path / "tokenizer.model" if path.is_dir() else path
+    shown = Path(spec["path"]) / "tokenizer.model" if path.is_dir() else spec["path"]
+    if not model.is_file():
+        raise FileNotFoundError(f"{where}: {shown} does not exist (kind {kind} reads a tokenizer.model)")
+    with model.open("rb") as f:
+        head = f.read(256)
+    looks_tiktoken = bool(re.match(rb"[A-Za-z0-9+/=]+ \d+\r?\n", head))
+    looks_json = head.lstrip().startswith(b"{")
+    actual = "hf (a tokenizer.json)" if looks_json else "tiktoken" if looks_tiktoken else "sentencepiece"
+    if (kind == "tiktoken") != looks_tiktoken or looks_json:
+        raise ValueError(f"{where}: {shown} is not a {kind} model; it looks like kind {actual}")
 
 
 def run_datasets(spec: dict) -> dict[str, float]:

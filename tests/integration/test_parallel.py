@@ -49,7 +49,7 @@ def test_hsdp_two_by_two_matches_single_process(tmp_path, tiny_data, reference):
 @pytest.mark.parametrize(
     "sections, world, message",
     [
-        ({"model": {"flavor": "13B"}}, 1, "unknown model flavor '13B'"),
+        ({"model": {"flavor": "13B"}}, 1, "model.flavor = '13B' is not a flavor; valid flavors: debug"),
         ({"parallel": {"tp_degree": 3}}, 3, "tp_degree = 3 does not divide the model's n_heads = 4"),
         ({"parallel": {"dp_replicate_degree": 3}}, 4, "world size 4 is not divisible"),
         (

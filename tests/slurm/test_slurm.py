@@ -206,6 +206,11 @@ def sbatch_line(resources: dict[str, str], threads: int) -> str:
 def test_sbatch_resources_of_a_64_node_4_gpu_experiment(tmp_path):
     workdir = copy_workflow(tmp_path / "big")
     write_experiment(workdir, 20)
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    # 256 ranks (64 nodes × 4): a global batch of 256 sequences of 32 tokens, one per rank (the layout is
+    # planned for the processes the profile declares while Snakemake parses the workflow)
+    config["runs"]["a"]["overrides"]["training"]["global_batch_tokens"] = 256 * 32
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     site = workdir / "profiles" / "site64"
     site.mkdir()
     profile = {

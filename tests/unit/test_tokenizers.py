@@ -377,7 +377,7 @@ def test_check_config_tokenizer_path(config: dict, tmp_path: Path) -> None:
     ):
         check_config(cfg, root=tmp_path)
     (tmp_path / "tok").mkdir()
-    (tmp_path / "tok" / "tokenizer.model").write_text("")
+    (tmp_path / "tok" / "tokenizer.model").write_text("IQ== 0\n")  # a tiktoken ranks line
     cfg["runs"]["tiny"]["tokenizer"] = "llama3"
     check_config(cfg, root=tmp_path)  # no dataset needed for a pretrained tokenizer
 

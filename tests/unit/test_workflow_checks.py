@@ -268,7 +268,7 @@ def test_local_dataset_used_by_a_run(config: dict, root: Path) -> None:
         "preset": "config/train/debug.toml",
         "dataset": "mine",
         "tokenizer": "mine-bpe",
-        "steps": 10,
+        "steps": 20,
         "segment_steps": 5,
         "evals": ["mine_valid"],
     }
@@ -387,3 +387,287 @@ def test_in_loop_validation_resolves_a_loss_eval_and_refuses_the_rest(config: di
         config["runs"]["tiny"]["validation"]["eval"] = name
         with pytest.raises(ValueError, match=message):
             check_config(schema_valid(config), root=root)
+
+
+# ------------------------------------------------------------------------- everything a run's config says
+# Each case: one mistake in the embedded default, the start of the one-line error check_config raises
+# (before any job: the Snakefile runs check_config while it builds the DAG; test_bad_config.py runs some
+# of them through the command line on a finished run).
+
+
+def model_overrides(**values):
+    return lambda c: (
+        c["runs"]["tiny"]["overrides"].setdefault("model", {}).setdefault("overrides", {}).update(values)
+    )
+
+
+def trainer(section: str, **values):
+    return lambda c: c["runs"]["tiny"]["overrides"].setdefault(section, {}).update(values)
+
+
+RUN_CASES = {
+    "unknown flavor": (
+        trainer("model", flavor="13B"),
+        1,
+        "runs.tiny: model.flavor = '13B' is not a flavor; valid flavors: debug, 250M",
+    ),
+    "n_heads not dividing dim": (
+        model_overrides(n_heads=5),
+        1,
+        "runs.tiny: model.overrides (n_heads = 5) of flavor 'debug': dim (128) must be divisible by "
+        "n_heads (5)",
+    ),
+    "n_kv_heads not dividing n_heads": (
+        model_overrides(n_kv_heads=3),
+        1,
+        "runs.tiny: model.overrides (n_kv_heads = 3) of flavor 'debug': n_heads (4) must be a multiple of "
+        "n_kv_heads (3)",
+    ),
+    "unknown model override": (
+        model_overrides(layers=2),
+        1,
+        "runs.tiny: model.overrides.layers is not a field of the model; valid fields: dim, n_layers",
+    ),
+    "wrongly typed model override": (
+        model_overrides(n_layers="2"),
+        1,
+        "runs.tiny: model.overrides.n_layers = '2' has the wrong type; expected int",
+    ),
+    "seq_len beyond max_seq_len": (
+        trainer("data", seq_len=1024),
+        1,
+        "runs.tiny: data.seq_len = 1024 exceeds the model's max_seq_len = 512 (debug)",
+    ),
+    "TP not dividing the heads": (
+        trainer("parallel", tp_degree=3),
+        3,
+        "runs.tiny: parallel.tp_degree = 3 does not divide the model's n_heads = 4",
+    ),
+    "TP on one process": (
+        trainer("parallel", tp_degree=2),
+        1,
+        "runs.tiny: world size 1 is not divisible by parallel.dp_replicate_degree × tp_degree = 1 × 2",
+    ),
+    "FSDP degree not the world size": (
+        trainer("parallel", dp_shard_degree=4),
+        2,
+        "runs.tiny: parallel degrees replicate 1 × shard 4 × tp 1 = 4 do not equal the world size 2",
+    ),
+    "batch not divisible over the ranks": (
+        (lambda c: None),
+        3,
+        "runs.tiny: training.global_batch_tokens = 4096 is not divisible by data.seq_len × data-parallel "
+        "ranks = 128 × 3",
+    ),
+    "micro batch not dividing the local batch": (
+        trainer("training", micro_batch_sequences=5),
+        1,
+        "runs.tiny: training.micro_batch_sequences = 5 does not divide the local batch of 32",
+    ),
+    "warmup longer than the run": (
+        trainer("schedule", warmup_steps=500),
+        1,
+        "runs.tiny: schedule.warmup_steps = 500 exceeds runs.tiny.steps = 200",
+    ),
+    "validation less often than the run": (
+        lambda c: c["runs"]["tiny"].update(validation={"eval": "heldout", "every_steps": 300}),
+        1,
+        "runs.tiny.validation.every_steps = 300 exceeds runs.tiny.steps = 200",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", RUN_CASES)
+def test_run_mistakes_stop_at_parse_time(config: dict, root: Path, case: str) -> None:
+    change, world_size, message = RUN_CASES[case]
+    change(config)
+    with pytest.raises(ValueError) as e:
+        check_config(schema_valid(config), root=root, world_size=world_size)
+    assert str(e.value).startswith(message), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_the_default_passes_on_the_processes_the_slurm_profile_declares(config: dict, root: Path) -> None:
+    check_config(config, root=root, world_size=8)  # profiles/slurm: 2 nodes × 4 processes
+
+
+# ------------------------------------------------------------------------------------------ data files
+
+
+def parquet_file(path: Path, column: str) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({column: ["a document", "another"]}), path)
+    return path.read_bytes()
+
+
+DATA_CASES = {
+    "empty file": ("train.jsonl", b"", "datasets.mine.files.train: {root}/d/train.jsonl: the file is empty"),
+    "blank lines only": (
+        "train.jsonl",
+        b"\n\n  \n",
+        "datasets.mine.files.train: {root}/d/train.jsonl: no rows",
+    ),
+    "rows without the text field": (
+        "train.jsonl",
+        b'{"body": "x"}\n',
+        "datasets.mine.files.train: {root}/d/train.jsonl:1: row has no 'text' field (keys: ['body']); set "
+        "the dataset's text_field",
+    ),
+    "not JSON": (
+        "train.jsonl",
+        b"text,label\n",
+        "datasets.mine.files.train: {root}/d/train.jsonl:1: not valid JSON",
+    ),
+    "invalid UTF-8": (
+        "train.jsonl",
+        b'{"text": "caf\xe9"}\n',
+        "datasets.mine.files.train: {root}/d/train.jsonl: not UTF-8 at byte 13",
+    ),
+    "a gzip file that is not gzip": (
+        "train.jsonl.gz",
+        b'{"text": "x"}\n',
+        "datasets.mine.files.train: {root}/d/train.jsonl.gz: not a readable gzip file",
+    ),
+    "unsupported extension": (
+        "train.csv",
+        b"text\nhello\n",
+        "datasets.mine.files.train: {root}/d/train.csv: unsupported file type; supported: .jsonl.gz",
+    ),
+    "parquet with another text column": (
+        "train.parquet",
+        "content",
+        "datasets.mine.files.train: {root}/d/train.parquet: no column 'text' (columns: ['content']); set "
+        "the dataset's text_field",
+    ),
+    "a parquet file that is not parquet": (
+        "train.parquet",
+        b"PAR1 nope",
+        "datasets.mine.files.train: {root}/d/train.parquet: not a readable Parquet file",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_data_file_mistakes_stop_at_parse_time(config: dict, root: Path, case: str) -> None:
+    name, content, message = DATA_CASES[case]
+    path = root / "d" / name
+    path.parent.mkdir()
+    if isinstance(content, str):
+        parquet_file(path, content)
+    else:
+        path.write_bytes(content)
+    cfg = with_local_dataset(config, {"train": str(path)})
+    with pytest.raises(ValueError) as e:
+        check_config(schema_valid(cfg), root=root)
+    assert str(e.value).startswith(message.format(root=root)), str(e.value)
+
+
+def test_good_data_files_pass(config: dict, root: Path) -> None:
+    (root / "d").mkdir()
+    parquet_file(root / "d" / "a.parquet", "body")
+    (root / "d" / "b.jsonl").write_text('\n{"body": "naïve"}\n')
+    example = {"ctx": "The cat", "endings": ["sat.", "flew."], "label": 0}
+    (root / "d" / "mc.jsonl").write_text(json.dumps(example) + "\n")  # an eval's examples have no text field
+    cfg = with_local_dataset(config, {"train": ["d/a.parquet", "d/b.jsonl"], "mc": "d/mc.jsonl"})
+    cfg["datasets"]["mine"]["text_field"] = "body"
+    cfg["evals"]["mine_mc"] = {"kind": "multiple_choice", "dataset": "mine", "file": "mc.jsonl"}
+    check_config(schema_valid(cfg), root=root)
+
+
+# ------------------------------------------------------------------------------ tokenizers and bases
+
+
+TOKENIZER_CASES = {
+    "a tiktoken folder without tokenizer.model": (
+        {"kind": "tiktoken", "path": "tok"},
+        {},
+        "tokenizers.t.path: tok/tokenizer.model does not exist (kind tiktoken reads a tokenizer.model)",
+    ),
+    "a tokenizer.json given as tiktoken": (
+        {"kind": "tiktoken", "path": "tok/tokenizer.json"},
+        {"tokenizer.json": b'{"model": {}}'},
+        "tokenizers.t.path: tok/tokenizer.json is not a tiktoken model; it looks like kind hf",
+    ),
+    "a tiktoken file given as sentencepiece": (
+        {"kind": "sentencepiece", "path": "tok"},
+        {"tokenizer.model": b"IQ== 0\nIg== 1\n"},
+        "tokenizers.t.path: tok/tokenizer.model is not a sentencepiece model; it looks like kind tiktoken",
+    ),
+    "a sentencepiece model given as tiktoken": (
+        {"kind": "tiktoken", "path": "tok"},
+        {"tokenizer.model": b"\n\x0b\n\x05<unk>\x15\x00\x00\x00\x00\x18\x02"},
+        "tokenizers.t.path: tok/tokenizer.model is not a tiktoken model; it looks like kind sentencepiece",
+    ),
+    "an hf folder without tokenizer.json": (
+        {"kind": "hf", "path": "tok"},
+        {"tokenizer.model": b"IQ== 0\n"},
+        "tokenizers.t.path: tok has no tokenizer.json (kind hf is a Hugging Face tokenizer folder",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TOKENIZER_CASES)
+def test_tokenizer_file_mistakes_stop_at_parse_time(config: dict, root: Path, case: str) -> None:
+    spec, files, message = TOKENIZER_CASES[case]
+    (root / "tok").mkdir()
+    for name, content in files.items():
+        (root / "tok" / name).write_bytes(content)
+    config["tokenizers"]["t"] = spec
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        check_config(schema_valid(config), root=root)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+BASE_CASES = {
+    "a base folder that does not exist": (
+        {"format": "hf", "path": "bases/nope"},
+        {},
+        "bases.b.path: bases/nope is not a folder",
+    ),
+    "a meta base declared as hf": (
+        {"format": "hf", "path": "base"},
+        {"params.json": '{"dim": 64, "n_layers": 1, "n_heads": 4}'},
+        "bases.b: no config.json in HF folder '{root}/base'",
+    ),
+    "an hf base declared as meta": (
+        {"format": "meta", "path": "base"},
+        {"config.json": '{"model_type": "llama"}'},
+        "bases.b: no params.json in Meta checkpoint folder '{root}/base'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BASE_CASES)
+def test_base_mistakes_stop_at_parse_time(config: dict, root: Path, case: str) -> None:
+    spec, files, message = BASE_CASES[case]
+    for name, content in files.items():
+        (root / spec["path"]).mkdir(exist_ok=True)
+        (root / spec["path"] / name).write_text(content)
+    config["bases"] = {"b": {**spec, "vocab": "keep"}}
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        check_config(schema_valid(config), root=root)
+    assert str(e.value).startswith(message.format(root=root)), str(e.value)
+
+
+def test_transformers_mistakes_stop_at_parse_time(config: dict, root: Path) -> None:
+    """(Moved from the command-line suite: check_config decides them alone.)"""
+    config["runs"]["tiny"]["overrides"]["model"] = {"hf": {"model_type": "t5"}}
+    with pytest.raises(
+        ValueError, match=r"^runs\.tiny: model\.hf\.model_type: model type 't5' has no causal LM"
+    ):
+        check_config(schema_valid(config), root=root)
+    config["runs"]["tiny"]["overrides"]["model"] = {"hf": {"config": "models/nowhere"}}
+    with pytest.raises(
+        (ValueError, FileNotFoundError),
+        match=r"^runs\.tiny: model\.hf\.config = models/nowhere: no config\.json",
+    ):
+        check_config(schema_valid(config), root=root)
+    config["runs"]["tiny"]["overrides"]["model"] = {
+        "hf": {"model_type": "gpt2", "config_values": {"n_layer": 1}}
+    }
+    kfac = {"enabled": True, "factor_update_steps": 1, "inv_update_steps": 1}
+    config["runs"]["tiny"]["overrides"]["optimizer"]["kfac"] = kfac
+    with pytest.raises(ValueError, match=r"^runs\.tiny: optimizer\.kfac\.enabled = true: .*Conv1D"):
+        check_config(schema_valid(config), root=root)

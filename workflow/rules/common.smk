@@ -4,6 +4,7 @@ import json
 
 from lmrepro.data.sources import local_input_paths
 from lmrepro.slurm import launch_prefix
+from lmrepro.user_input import stop_on_user_error
 from lmrepro.workflow import (
     baseline_result,
     base_dcp_dir,
@@ -36,7 +37,23 @@ wildcard_constraints:
     base=r"[A-Za-z0-9_.-]+",
 
 
-check_config(config)
+def declared_train_processes():
+    """The world size of a training job as the profile or --set-resources declare it: train_segment's
+    train_procs_per_node × nodes (1 each unless set; lmrepro.slurm.launch_prefix starts that many).
+    """
+    declared = workflow.resource_settings.overwrite_resources.get("train_segment", {})
+    sizes = [declared.get(key) for key in ("train_procs_per_node", "nodes")]
+    sizes = [
+        getattr(size, "value", size) for size in sizes
+    ]  # a snakemake Resource, or None
+    sizes = [int(size) if isinstance(size, int | str) else 1 for size in sizes]
+    return sizes[0] * sizes[1]
+
+
+# Every run's trainer config rendered, its model and layout planned, its files looked at: a user error
+# stops here in one line (lmrepro.user_input), before any job and before any output is rescheduled.
+with stop_on_user_error():
+    check_config(config, world_size=declared_train_processes())
 
 # One software environment for every rule (`--software-deployment-method conda`); it mirrors pyproject.
 LMREPRO_ENV = "../../envs/lmrepro.yaml"

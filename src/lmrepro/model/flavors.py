@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
-from lmrepro.model.llama import ModelArgs, RopeScaling
+from lmrepro.model.args import ModelArgs, RopeScaling
 
 _LLAMA3_ROPE_THETA = 500000.0
 
@@ -63,18 +63,42 @@ FLAVORS: dict[str, ModelArgs] = {
 
 
 def model_args(flavor: str, vocab_size: int, **overrides: Any) -> ModelArgs:
-    """A fresh copy of ``FLAVORS[flavor]`` with the tokenizer's vocab size and any field overrides."""
+    """A fresh copy of ``FLAVORS[flavor]`` with the tokenizer's vocab size and any field overrides.
+
+    Errors name the trainer key (model.flavor, model.overrides.<field>) and what would be valid.
+    """
     if flavor not in FLAVORS:
-        raise ValueError(f"unknown model flavor {flavor!r}; valid flavors: {', '.join(FLAVORS)}")
-    valid_fields = [f.name for f in dataclasses.fields(ModelArgs)]
-    unknown = [k for k in overrides if k not in valid_fields]
-    if unknown:
-        raise ValueError(
-            f"unknown ModelArgs override(s) {unknown} for flavor {flavor!r}; "
-            f"valid fields: {', '.join(valid_fields)}"
-        )
+        raise ValueError(f"model.flavor = {flavor!r} is not a flavor; valid flavors: {', '.join(FLAVORS)}")
+    fields = {f.name: f for f in dataclasses.fields(ModelArgs)}
+    for key, value in overrides.items():
+        if key not in fields or key == "vocab_size":
+            valid = ", ".join(name for name in fields if name != "vocab_size")
+            raise ValueError(f"model.overrides.{key} is not a field of the model; valid fields: {valid}")
+        _check_override_type(key, value, FLAVORS[flavor])
     # replace() builds a new object (re-running validation), so FLAVORS itself is never mutated.
-    return dataclasses.replace(FLAVORS[flavor], vocab_size=vocab_size, **overrides)
+    try:
+        return dataclasses.replace(FLAVORS[flavor], vocab_size=vocab_size, **overrides)
+    except ValueError as e:
+        shown = ", ".join(f"{k} = {v}" for k, v in overrides.items()) or "none"
+        raise ValueError(f"model.overrides ({shown}) of flavor {flavor!r}: {e}") from None
+
+
+def _check_override_type(key: str, value: Any, flavor: ModelArgs) -> None:
+    """An override has the type of the field it replaces (ints for floats; a table for rope_scaling)."""
+    default = getattr(flavor, key)
+    if key == "rope_scaling" or (key == "n_kv_heads" and value is None):
+        ok = value is None or isinstance(value, dict)
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = True
+    if not ok:
+        expected = "a table or null" if key == "rope_scaling" else type(default).__name__
+        raise ValueError(f"model.overrides.{key} = {value!r} has the wrong type; expected {expected}")
 
 
 # ---------------------------------------------------------------------------------------- params.json

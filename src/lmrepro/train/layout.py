@@ -1,20 +1,25 @@
-"""How a job's model and batch map onto its ranks, derived and checked before any process group exists."""
+"""How a job's model and batch map onto its ranks, derived and checked before any process group exists (and,
+for a Llama flavor, without torch: the workflow plans every run's layout while it builds the DAG)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lmrepro.config import JobConfig, check_streams
-from lmrepro.model.build import ModelSpec
 from lmrepro.model.flavors import model_args
-from lmrepro.model.hf_causal import hf_causal_args
-from lmrepro.train.parallel import ParallelDims, resolve_parallel_dims
+from lmrepro.train.parallel_dims import ParallelDims, resolve_parallel_dims
+
+if TYPE_CHECKING:
+    from lmrepro.model.build import ModelSpec
 
 
 def checked_model_args(job: JobConfig) -> ModelSpec:
     """The run's model: a Llama flavor (+ overrides), or the transformers config of ``model.hf``."""
     hf = job.model.hf
     if hf.enabled:
+        from lmrepro.model.hf_causal import hf_causal_args  # torch: a Llama flavor is checked without it
+
         args = hf_causal_args(hf.config, hf.model_type, hf.config_values, job.model.vocab_size)
         limit, fix = args.max_seq_len, "model.hf.config_values.max_position_embeddings"
     else:
