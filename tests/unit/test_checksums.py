@@ -69,7 +69,7 @@ def _garble_distcp(path: Path) -> str:
     raw = bytearray(distcp.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     distcp.write_bytes(bytes(raw))
-    return rf"{distcp.name}: sha256 does not match"
+    return rf"{distcp.name}: xxh3_128 digest does not match"
 
 
 def _garble_meta(path: Path) -> str:

@@ -370,6 +370,18 @@ def test_each_shard_is_hashed_once_per_process_until_it_changes(tmp_path: Path, 
     assert sorted(hashed) == ["shard-00000.bin", "shard-00001.bin", "shard-00001.bin"]
 
 
+def test_ranks_split_the_verification(tmp_path: Path, monkeypatch) -> None:
+    from lmrepro.data import shards
+
+    make_stream_folder(tmp_path, [7, 13, 5])
+    hashed = []
+    monkeypatch.setattr(shards, "file_sha256", lambda p: hashed.append(p.name) or file_sha256(p))
+    TokenStream(tmp_path, verify_share=(1, 2))
+    assert hashed == ["shard-00001.bin"]
+    TokenStream(tmp_path, verify_share=(0, 2))
+    assert sorted(hashed) == ["shard-00000.bin", "shard-00001.bin", "shard-00002.bin"]
+
+
 def test_token_stream_takes_the_folder_and_writes_the_index_as_before(tmp_path: Path) -> None:
     make_stream_folder(tmp_path, [3, 4])
     stream = TokenStream(tmp_path)

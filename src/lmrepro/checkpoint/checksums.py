@@ -1,11 +1,13 @@
-"""Checkpoint checksums: ``checksums.json`` lists the size and sha256 of every other file of a checkpoint
-folder (DCP's ``.distcp`` files and ``.metadata``, meta.json, extra files). It is written last, in the
-hidden temp folder, just before the folder is renamed into place; loading verifies it first, so a
-truncated ``.distcp``, a deleted ``.metadata`` or garbled bytes are a one-line error naming the file
-instead of a traceback from deep inside DCP (or, worse, wrong weights).
+"""Checkpoint checksums: ``checksums.json`` lists the size and xxh3-128 digest of every other file of a
+checkpoint folder (DCP's ``.distcp`` files and ``.metadata``, meta.json, extra files). It is written
+last, in the hidden temp folder, just before the folder is renamed into place; loading verifies it
+first, so a truncated ``.distcp``, a deleted ``.metadata`` or garbled bytes are a one-line error naming
+the file instead of a traceback from deep inside DCP (or, worse, wrong weights).
 
+xxh3-128 rather than sha256: this guards against damage, not an adversary, and it runs near memory speed
+(benchmarks/integrity/: several GB/s where sha256 makes verifying cost more than the load it guards).
 Hashing is split over the ranks (rank r hashes files r, r + world, …) and the results are gathered, so a
-save or a load costs each rank about (checkpoint bytes / world) of sha256; a folder verified once in a
+save or a load costs each rank about (checkpoint bytes / world) of hashing; a folder verified once in a
 process is not hashed again (export reads a checkpoint tensor by tensor through several entry points).
 """
 
@@ -16,12 +18,14 @@ import logging
 from pathlib import Path
 
 import torch.distributed as dist
+import xxhash
 
-from lmrepro.io import file_sha256, write_json
+from lmrepro.io import write_json
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "checksums.json"
+ALGORITHM = "xxh3_128"
 _verified: set[tuple[str, int]] = set()  # (folder, manifest mtime_ns) verified in this process
 
 
@@ -40,8 +44,16 @@ def checkpoint_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
 
 
+def file_digest(path: Path, chunk_bytes: int = 8 << 20) -> str:
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def hash_files(folder: Path, names: list[str]) -> dict[str, dict]:
-    return {n: {"bytes": (folder / n).stat().st_size, "sha256": file_sha256(folder / n)} for n in names}
+    return {n: {"bytes": (folder / n).stat().st_size, ALGORITHM: file_digest(folder / n)} for n in names}
 
 
 def hash_share(folder: Path, names: list[str], group=None) -> dict[str, dict]:
@@ -67,7 +79,7 @@ def write_manifest(folder: Path, hashed: dict[str, dict]) -> None:
     missing = sorted(set(files) - set(names))
     if missing:
         raise CorruptCheckpoint(f"{folder / missing[0]} vanished while its checkpoint was being saved")
-    write_json(folder / MANIFEST, {"algorithm": "sha256", "files": {n: files[n] for n in names}})
+    write_json(folder / MANIFEST, {"algorithm": ALGORITHM, "files": {n: files[n] for n in names}})
 
 
 def read_info(folder: Path) -> dict:
@@ -92,8 +104,10 @@ def _problems(folder: Path, manifest: dict, names: list[str]) -> list[str]:
             found.append(f"{path} is missing (listed in {folder / MANIFEST})")
         elif (size := path.stat().st_size) != want["bytes"]:
             found.append(f"{path} is {size} bytes, {folder / MANIFEST} recorded {want['bytes']} (truncated?)")
-        elif file_sha256(path) != want["sha256"]:
-            found.append(f"{path}: sha256 does not match {folder / MANIFEST}; the file is corrupted")
+        elif file_digest(path) != want[ALGORITHM]:
+            found.append(
+                f"{path}: {ALGORITHM} digest does not match {folder / MANIFEST}; the file is corrupted"
+            )
     return found
 
 
@@ -112,8 +126,11 @@ def verify(folder: str | Path, group=None) -> None:
     if key in _verified:
         return
     try:
-        files = json.loads(manifest_path.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as e:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        if manifest["algorithm"] != ALGORITHM or not all(ALGORITHM in f for f in files.values()):
+            raise ValueError(f"algorithm {manifest['algorithm']!r}, this lmrepro checks {ALGORITHM}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CorruptCheckpoint(f"{manifest_path} is not a valid checksum manifest ({e})") from None
     rank, world = _rank_and_world(group)
     names = sorted(files)

@@ -176,10 +176,16 @@ def verify_shards(paths: list[Path], sha256s: list[str], index_path: Path) -> No
 
 class TokenStream:
     """The shards of a folder (listed by its INDEX_FILE), read as one concatenated, memory-mapped stream;
-    their checksums are verified when it opens (``verify_checksums=False``: header checks only, for
-    benchmarks and tests that build streams by the thousand)."""
+    their checksums are verified when it opens (``verify_checksums=False``: header checks only).
 
-    def __init__(self, folder: str | Path, verify_checksums: bool = True):
+    ``verify_share=(rank, ranks)``: this process verifies only shards rank, rank + ranks, … — the
+    training ranks split the hashing of a dataset they all read; a rank that finds a bad shard fails, and
+    torchrun stops the others.
+    """
+
+    def __init__(
+        self, folder: str | Path, verify_checksums: bool = True, verify_share: tuple[int, int] = (0, 1)
+    ):
         self.folder = Path(folder)
         self.index_path = self.folder / INDEX_FILE
         self.index = read_index(self.index_path)
@@ -196,7 +202,9 @@ class TokenStream:
                     f"{self.index_path} ({entry['num_tokens']} tokens, vocab {self.vocab_size})"
                 )
         if verify_checksums:
-            verify_shards(paths, [entry["sha256"] for entry in self.index["shards"]], self.index_path)
+            rank, ranks = verify_share
+            digests = [entry["sha256"] for entry in self.index["shards"]]
+            verify_shards(paths[rank::ranks], digests[rank::ranks], self.index_path)
         for path in paths:
             # A plain ndarray view of the mapping: slicing it skips np.memmap's per-slice bookkeeping.
             self._shards.append(np.asarray(read_shard(path)))
