@@ -64,7 +64,10 @@ class NonFiniteGuard:
 
     def observe(self, step: int, values: list[torch.Tensor]) -> None:
         """Note ``step`` if any of ``values`` (0-dim device tensors: losses, grad norm) is not finite."""
-        finite = torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in values])).all()
+        device = self.first_step.device  # a norm of no gradients is a CPU zero (optim.clip_and_step)
+        finite = torch.isfinite(
+            torch.stack([v.detach().float().reshape(()).to(device) for v in values])
+        ).all()
         self.first_step = torch.where(~finite & (self.first_step == 0), step, self.first_step)
 
     def check(self, step: int, model: torch.nn.Module | None = None) -> None:
