@@ -5,6 +5,7 @@ before the next checkpoint, and no checkpoint of non-finite weights is written."
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,15 @@ from helpers import write_train_toml
 from lmrepro.checkpoint import checksums
 from lmrepro.config import load_job_config
 from lmrepro.train.trainer import Trainer, init_checkpoint, run_segment
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers():
+    """The trainer installs SIGTERM/SIGUSR1 handlers; in process, pytest's own are put back afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 
 def _run(tmp_path: Path, tiny_data, name: str, steps: int, **sections):
@@ -35,20 +45,20 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_damaged_rolling_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_data, caplog) -> None:
-    job, step0 = _run(tmp_path, tiny_data, "fallback", 12)  # rolling every 4 steps, keep 2
-    first = step0.parent / "step-12"
-    assert run_segment(job, step0, first, 12) == 0
+    job, step0 = _run(tmp_path, tiny_data, "fallback", 8, checkpoint={"interval_steps": 2})  # keep 2
+    first = step0.parent / "step-8"
+    assert run_segment(job, step0, first, 8) == 0
     rolling = Path(job.run_dir) / "state" / "checkpoints"
-    assert sorted(p.name for p in rolling.iterdir()) == ["step-4", "step-8"]
-    distcp = next((rolling / "step-8").glob("*.distcp"))
+    assert sorted(p.name for p in rolling.iterdir()) == ["step-4", "step-6"]
+    distcp = next((rolling / "step-6").glob("*.distcp"))
     distcp.write_bytes(distcp.read_bytes()[: distcp.stat().st_size // 2])  # as a full disk leaves it
 
     caplog.set_level(logging.INFO)
-    again = step0.parent / "again-12"
-    assert run_segment(job, step0, again, 12) == 0  # the retry of a killed job
-    assert f"rolling checkpoint {rolling / 'step-8'} is damaged: {distcp}" in caplog.text
+    again = step0.parent / "again-8"
+    assert run_segment(job, step0, again, 8) == 0  # the retry of a killed job
+    assert f"rolling checkpoint {rolling / 'step-6'} is damaged: {distcp}" in caplog.text
     assert f"resuming from rolling checkpoint {rolling / 'step-4'}" in caplog.text
-    checksums.verify(rolling / "step-8")  # deleted, then written again by the retry
+    checksums.verify(rolling / "step-6")  # deleted, then written again by the retry
     ref, got = _weights(first), _weights(again)
     assert all(torch.equal(ref[k], got[k]) for k in ref)  # resumed from step 4: the same result
 
