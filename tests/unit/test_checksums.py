@@ -77,13 +77,19 @@ def _garble_meta(path: Path) -> str:
     return r"meta\.json is \d+ bytes"  # caught by its checksum before anything parses it
 
 
+def _garble_manifest(path: Path) -> str:
+    (path / checksums.MANIFEST).write_text('{"algorithm": "xxh3_128", "files": {"meta.json": {}}}')
+    return r"checksums\.json is not a valid checksum manifest"
+
+
 def _delete_manifest(path: Path) -> str:
     (path / checksums.MANIFEST).unlink()
     return r"checksums\.json is missing"
 
 
 @pytest.mark.parametrize(
-    "damage", [_truncate_distcp, _delete_metadata, _garble_distcp, _garble_meta, _delete_manifest]
+    "damage",
+    [_truncate_distcp, _delete_metadata, _garble_distcp, _garble_meta, _garble_manifest, _delete_manifest],
 )
 def test_damage_is_one_line_naming_the_file(saved: Path, tmp_path: Path, damage, capsys) -> None:
     path = _copy(saved, tmp_path)

@@ -128,7 +128,9 @@ def verify(folder: str | Path, group=None) -> None:
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]
-        if manifest["algorithm"] != ALGORITHM or not all(ALGORITHM in f for f in files.values()):
+        if manifest["algorithm"] != ALGORITHM or not all(
+            {"bytes", ALGORITHM} <= set(f) for f in files.values()
+        ):
             raise ValueError(f"algorithm {manifest['algorithm']!r}, this lmrepro checks {ALGORITHM}")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CorruptCheckpoint(f"{manifest_path} is not a valid checksum manifest ({e})") from None

@@ -102,8 +102,8 @@ class PendingSave:
         return checksums.hash_share(self.tmp, checksums.checkpoint_files(self.tmp), group)
 
     def finish(self) -> dict:
-        self.future.result()  # re-raises a failed write
         try:
+            self.future.result()  # re-raises a failed write
             share = self._hashed.result()
         finally:
             self._hasher.shutdown()
