@@ -24,6 +24,7 @@ from lmrepro.data.shards import (
     write_index,
     write_shard,
 )
+from lmrepro.io import file_sha256
 
 VOCAB = 1000
 
@@ -327,11 +328,58 @@ def test_verify_checksums_detects_flipped_byte(tmp_path: Path) -> None:
     raw = bytearray(path.read_bytes())
     raw[HEADER_BYTES + 3] ^= 0x01  # a token byte: header stays valid, size unchanged
     path.write_bytes(bytes(raw))
-    TokenStream(tmp_path)  # without verification the header checks still pass
+    TokenStream(tmp_path, verify_checksums=False)  # the header checks alone still pass
     with pytest.raises(ValueError) as e:
-        TokenStream(tmp_path, verify_checksums=True)
-    assert "shard-00001.bin" in str(e.value)
+        TokenStream(tmp_path)  # verified by default
+    assert "shard-00001.bin" in str(e.value) and str(tmp_path / INDEX_FILE) in str(e.value)
     assert "sha256 does not match" in str(e.value)
+
+
+def test_zeroed_tokens_of_the_same_size_are_refused_naming_shard_and_index(tmp_path: Path) -> None:
+    make_stream_folder(tmp_path, [7, 13, 5])
+    path = tmp_path / "shard-00002.bin"
+    raw = path.read_bytes()
+    path.write_bytes(raw[:HEADER_BYTES] + bytes(len(raw) - HEADER_BYTES))  # the "loss 0.0000" case
+    with pytest.raises(ValueError, match=r"shard-00002\.bin: sha256 does not match .*index\.json"):
+        TokenStream(tmp_path)
+
+
+def test_truncated_or_zeroed_header_is_refused_naming_the_shard(tmp_path: Path) -> None:
+    make_stream_folder(tmp_path, [7, 13, 5])
+    path = tmp_path / "shard-00001.bin"
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(ValueError, match=r"shard-00001\.bin: file is .* truncated"):
+        TokenStream(tmp_path)
+    path.write_bytes(bytes(HEADER_BYTES + 26))
+    with pytest.raises(ValueError, match=r"shard-00001\.bin is not an lmrepro token shard"):
+        TokenStream(tmp_path)
+
+
+def test_each_shard_is_hashed_once_per_process_until_it_changes(tmp_path: Path, monkeypatch) -> None:
+    from lmrepro.data import shards
+
+    make_stream_folder(tmp_path, [7, 13])
+    hashed = []
+    monkeypatch.setattr(shards, "file_sha256", lambda p: hashed.append(p.name) or file_sha256(p))
+    TokenStream(tmp_path)
+    TokenStream(tmp_path)  # e.g. validation after the training loader: no second pass over the bytes
+    assert sorted(hashed) == ["shard-00000.bin", "shard-00001.bin"]
+    path = tmp_path / "shard-00001.bin"
+    path.write_bytes(path.read_bytes())  # rewritten: a new mtime, hashed again
+    TokenStream(tmp_path)
+    assert sorted(hashed) == ["shard-00000.bin", "shard-00001.bin", "shard-00001.bin"]
+
+
+def test_ranks_split_the_verification(tmp_path: Path, monkeypatch) -> None:
+    from lmrepro.data import shards
+
+    make_stream_folder(tmp_path, [7, 13, 5])
+    hashed = []
+    monkeypatch.setattr(shards, "file_sha256", lambda p: hashed.append(p.name) or file_sha256(p))
+    TokenStream(tmp_path, verify_share=(1, 2))
+    assert hashed == ["shard-00001.bin"]
+    TokenStream(tmp_path, verify_share=(0, 2))
+    assert sorted(hashed) == ["shard-00000.bin", "shard-00001.bin", "shard-00002.bin"]
 
 
 def test_token_stream_takes_the_folder_and_writes_the_index_as_before(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import WriteItem, WriteItemType
 
+from lmrepro.checkpoint import checksums
 from lmrepro.checkpoint.dcp import CHECKPOINT_INFO, MODEL_PREFIX
 from lmrepro.checkpoint.hf import (
     INDEX_FILE,
@@ -402,7 +403,9 @@ def convert_to_dcp(fmt: str, source_path: str | Path, out_dir: str | Path, *, vo
             "checkpoint_id": uuid.uuid4().hex,
             "vocab": vocab,
             **source.special_tokens,
+            "checksums": checksums.MANIFEST,
             "provenance": provenance(),
         }
-        write_json(tmp / CHECKPOINT_INFO, info)  # last: marks the folder complete
+        write_json(tmp / CHECKPOINT_INFO, info)  # marks the folder complete
+        checksums.write_manifest(tmp, {})  # last: every file's size and sha256
     return record

@@ -3,9 +3,11 @@
 A checkpoint folder is complete iff it holds meta.json (``CHECKPOINT_INFO``: step, tokens seen, lineage,
 model args; not to be confused with Meta's Llama format, ``checkpoint/convert.py``): DCP writes into a
 hidden temp folder, rank 0 adds meta.json and renames it into place, so a job killed mid-save never leaves
-a folder that a later step would take as complete. Loading is strict (no silent partial loads): a missing
-key is an error. The readers below take only model keys from a checkpoint (export, evaluation, a run's
-step-0 from a converted base): names, shapes and dtypes from the DCP metadata, tensors one by one.
+a folder that a later step would take as complete. Just before the rename, ``checksums.json`` records
+the size and sha256 of every file (checkpoint/checksums.py); every load verifies it first. Loading is
+strict (no silent partial loads): a missing key is an error. The readers below take only model keys from
+a checkpoint (export, evaluation, a run's step-0 from a converted base): names, shapes and dtypes from the
+DCP metadata, tensors one by one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import shutil
 import uuid
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -30,8 +33,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from lmrepro.checkpoint import checksums
 from lmrepro.checkpoint.hf import model_shapes
-from lmrepro.io import partial_path, read_json, write_json
+from lmrepro.io import partial_path, write_json
 from lmrepro.model.build import ModelSpec, args_from_info, build_model, has_model_info, model_state_shapes
 from lmrepro.model.llama import ModelArgs
 from lmrepro.provenance import provenance
@@ -53,15 +57,14 @@ def _barrier() -> None:
 
 
 def read_checkpoint_info(path: str | Path) -> dict:
-    """The checkpoint's meta.json."""
-    info_path = Path(path) / CHECKPOINT_INFO
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{path} is not a complete lmrepro checkpoint (no {CHECKPOINT_INFO})")
-    return read_json(info_path)
+    """The checkpoint's meta.json (not verified against checksums.json: see :func:`checksums.verify`)."""
+    return checksums.read_info(Path(path))
 
 
 def is_complete(path: str | Path) -> bool:
-    return (Path(path) / CHECKPOINT_INFO).is_file() and (Path(path) / ".metadata").is_file()
+    """Whether the save finished (meta.json is added just before the rename); intact or not is for
+    :func:`checksums.verify` to say, so that a damaged checkpoint is reported rather than skipped."""
+    return (Path(path) / CHECKPOINT_INFO).is_file()
 
 
 def save(
@@ -80,19 +83,31 @@ def save(
     tmp = _begin(path)
     state = _state(model, optimizer, train_state)
     dcp.save(state, checkpoint_id=str(tmp))
-    return _complete(tmp, path, sorted(state), info, extra_files)
+    hashed = checksums.gather(checksums.hash_share(tmp, checksums.checkpoint_files(tmp)))
+    return _complete(tmp, path, sorted(state), info, extra_files, hashed)
 
 
 class PendingSave:
     """A checkpoint that DCP ``async_save`` is writing in a background thread from CPU copies of the state;
-    :meth:`finish` (every rank) waits for the writes, then makes the folder complete like :func:`save`."""
+    once the writes are done, each rank hashes its share of the files in another background thread.
+    :meth:`finish` (every rank) waits for both, then makes the folder complete like :func:`save`."""
 
-    def __init__(self, path: Path, tmp: Path, contents: list[str], info: dict, future) -> None:
+    def __init__(self, path: Path, tmp: Path, contents: list[str], info: dict, future, group) -> None:
         self.path, self.tmp, self.contents, self.info, self.future = path, tmp, contents, info, future
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-checksums")
+        self._hashed: Future = self._hasher.submit(self._hash_when_written, group)
+
+    def _hash_when_written(self, group) -> dict:
+        self.future.result()  # re-raised by finish() when the write failed
+        return checksums.hash_share(self.tmp, checksums.checkpoint_files(self.tmp), group)
 
     def finish(self) -> dict:
-        self.future.result()  # re-raises a failed write
-        return _complete(self.tmp, self.path, self.contents, self.info, None)
+        try:
+            self.future.result()  # re-raises a failed write
+            share = self._hashed.result()
+        finally:
+            self._hasher.shutdown()
+        return _complete(self.tmp, self.path, self.contents, self.info, None, checksums.gather(share))
 
 
 def save_async(
@@ -110,7 +125,7 @@ def save_async(
     tmp = _begin(path)
     state = _state(model, optimizer, train_state)
     future = dcp.async_save(state, checkpoint_id=str(tmp), async_stager=stager, process_group=process_group)
-    return PendingSave(path, tmp, sorted(state), info, future)
+    return PendingSave(path, tmp, sorted(state), info, future, process_group)
 
 
 def default_stager(device: torch.device):
@@ -142,8 +157,17 @@ def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None, train_stat
     return {"model": msd, "optimizer": osd, "train": train_state}
 
 
-def _complete(tmp: Path, path: Path, contents: list[str], info: dict, extra_files: dict | None) -> dict:
-    info = {**info, "checkpoint_id": uuid.uuid4().hex, "contents": contents, "provenance": provenance()}
+def _complete(
+    tmp: Path, path: Path, contents: list[str], info: dict, extra_files: dict | None, hashed: dict
+) -> dict:
+    """``hashed``: the checksums of the DCP files, gathered from every rank."""
+    info = {
+        **info,
+        "checkpoint_id": uuid.uuid4().hex,
+        "contents": contents,
+        "checksums": checksums.MANIFEST,
+        "provenance": provenance(),
+    }
     if dist.is_initialized():
         box = [info]
         dist.broadcast_object_list(box, src=0)
@@ -152,6 +176,7 @@ def _complete(tmp: Path, path: Path, contents: list[str], info: dict, extra_file
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         write_json(tmp / CHECKPOINT_INFO, info)
+        checksums.write_manifest(tmp, hashed)
         os.replace(tmp, path)
     _barrier()
     return info
@@ -167,6 +192,7 @@ def load(
 
     `train_state` is a template dict whose values are replaced by the checkpoint's. Returns its info.
     """
+    checksums.verify(path)
     info = read_checkpoint_info(path)
     with_optimizer = optimizer is not None and "optimizer" in info["contents"]
     if with_optimizer:
@@ -216,7 +242,9 @@ def purge_old(folder: str | Path, keep_latest_k: int) -> None:
 
 
 def checkpoint_model_args(checkpoint_dir: str | Path) -> tuple[ModelSpec, dict]:
-    """(ModelArgs or HFCausalArgs, meta.json) of an lmrepro DCP checkpoint (a run's or a converted base's)."""
+    """(ModelArgs or HFCausalArgs, meta.json) of an lmrepro DCP checkpoint (a run's or a converted base's),
+    verified against its checksums.json: every reader of model keys starts here."""
+    checksums.verify(checkpoint_dir)
     info = read_checkpoint_info(checkpoint_dir)
     if not has_model_info(info):
         raise ValueError(

@@ -35,20 +35,60 @@ _ST_DTYPES = {
 _ST_NAMES = {dtype: name for name, dtype in _ST_DTYPES.items()}
 
 
+MAX_HEADER_BYTES = 100_000_000  # the safetensors package's own limit
+
+
 class SafetensorsReader:
-    """The tensors of one ``.safetensors`` file, each read with plain reads into fresh memory."""
+    """The tensors of one ``.safetensors`` file, each read with plain reads into fresh memory.
+
+    The header is bounds-checked before anything is allocated: its length against the file's size, each
+    tensor's offsets against the data section and against its shape, so a corrupted or truncated file is
+    a one-line ValueError naming it (not an OverflowError or MemoryError from a garbled length).
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        size = self.path.stat().st_size
         try:
             with self.path.open("rb") as f:
-                (header_len,) = struct.unpack("<Q", f.read(8))
+                raw_len = f.read(8)
+                if len(raw_len) < 8:
+                    raise ValueError(f"{self.path} is not a valid safetensors file: {size} bytes, no header")
+                (header_len,) = struct.unpack("<Q", raw_len)
+                if header_len > min(size - 8, MAX_HEADER_BYTES):
+                    raise ValueError(
+                        f"{self.path} is not a valid safetensors file: header length {header_len} bytes, but "
+                        f"the file has {size - 8} bytes after it (at most {MAX_HEADER_BYTES} allowed); the "
+                        f"file is corrupted or truncated"
+                    )
                 header = json.loads(f.read(header_len))
         except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{self.path} is not a valid safetensors file: {e}") from e
+            raise ValueError(f"{self.path} is not a valid safetensors file: {e}") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{self.path} is not a valid safetensors file: the header is not a JSON object")
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
         self.entries: dict[str, dict[str, Any]] = header
         self._data_start = 8 + header_len
+        for key, entry in header.items():
+            self._check_entry(key, entry, size - self._data_start)
+
+    def _check_entry(self, key: str, entry: Any, data_bytes: int) -> None:
+        """Offsets within the data section, a shape of non-negative ints: else ValueError naming the file."""
+        where = f"{self.path}: tensor {key!r}"
+        ok = isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+        shape, offsets = entry.get("shape") if ok else None, entry.get("data_offsets") if ok else None
+        ints = isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
+        ints = ints and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape + offsets
+        )
+        if not ints:
+            raise ValueError(f"{where} has no valid dtype, shape and data_offsets in the header: {entry!r}")
+        begin, end = offsets
+        if not begin <= end <= data_bytes:
+            raise ValueError(
+                f"{where} has data_offsets [{begin}, {end}] outside the file's {data_bytes} data bytes; the "
+                f"file is corrupted or truncated"
+            )
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self.entries[key]["shape"])
@@ -62,12 +102,14 @@ class SafetensorsReader:
     def read(self, key: str) -> torch.Tensor:
         if key not in self.entries:
             raise ValueError(f"{self.path} has no tensor {key!r}")
-        tensor = torch.empty(self.shape(key), dtype=self.dtype(key))
+        shape, dtype = self.shape(key), self.dtype(key)
+        nbytes = math.prod(shape) * dtype.itemsize
         begin, end = self.entries[key]["data_offsets"]
-        if end - begin != tensor.nbytes:
+        if end - begin != nbytes:  # checked before allocating: a garbled shape is no MemoryError
             raise ValueError(
-                f"{self.path}: tensor {key!r} spans {end - begin} bytes, its shape needs {tensor.nbytes}"
+                f"{self.path}: tensor {key!r} spans {end - begin} bytes, its shape needs {nbytes}"
             )
+        tensor = torch.empty(shape, dtype=dtype)
         if tensor.nbytes:
             with self.path.open("rb") as f:
                 f.seek(self._data_start + begin)

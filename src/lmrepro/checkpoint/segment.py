@@ -3,7 +3,9 @@ record, rolling saves into the undeclared ``state/`` folder and the final, decla
 
 A rolling checkpoint is resumed only when it descends from the same start checkpoint under the same
 config (its lineage: ``origin`` and ``config_sha256`` in meta.json), so stale state of an edited or rerun
-chain is never picked up; it is deleted instead.
+chain is never picked up; it is deleted instead. A rolling checkpoint that fails its checksums (a
+truncated or deleted file, garbled bytes) is deleted too, with a warning, and the next older one is tried,
+down to the segment's start checkpoint, which is never deleted: a damaged start is a one-line error.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lmrepro.checkpoint import dcp
+from lmrepro.checkpoint import checksums, dcp
 from lmrepro.config import JobConfig, config_sha256
 from lmrepro.model.build import ModelSpec, model_info
 from lmrepro.train.metrics import segment_rows
@@ -96,17 +98,29 @@ class SegmentCheckpointer:
 
         Rolling checkpoints of any other lineage (an earlier segment, an edited or rerun chain) are
         scratch that can never be resumed; rank 0 deletes them so they cannot collide with this
-        segment's saves or crowd its checkpoints out of keep_latest_k.
+        segment's saves or crowd its checkpoints out of keep_latest_k. So are damaged ones (checksums),
+        after a warning that names the file; the next older one is tried instead.
         """
         start, stale = self.resume_from, []
         for step, path in reversed(dcp.rolling_checkpoints(self.rolling_dir)):
-            info = dcp.read_checkpoint_info(path)
+            try:
+                info = dcp.read_checkpoint_info(path)
+            except checksums.CorruptCheckpoint as e:
+                log.warning("rolling checkpoint %s is damaged (%s); deleting it", path, e)
+                stale.append(path)
+                continue
             same_lineage = (
                 info.get("config_sha256") == self.config_sha
                 and info.get("origin") == self.origin
                 and self.start_step < step <= self.until_step
             )
             if same_lineage and start is self.resume_from:
+                try:
+                    checksums.verify(path)
+                except checksums.CorruptCheckpoint as e:
+                    log.warning("rolling checkpoint %s is damaged: %s; falling back to an older one", path, e)
+                    stale.append(path)
+                    continue
                 log.info("resuming from rolling checkpoint %s (step %d)", path, step)
                 start = path
             elif not same_lineage:

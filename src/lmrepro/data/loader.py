@@ -184,7 +184,8 @@ def build_loader(
                 f"model.vocab_size = {vocab_size}"
             )
         return loader
-    streams = [TokenStream(Path(s.index).parent) for s in sources]  # s.index: the folder's index file
+    # s.index: the folder's index file; the data-parallel ranks split verifying its shards' checksums
+    streams = [TokenStream(Path(s.index).parent, verify_share=(dp_rank, dp_size)) for s in sources]
     for source, stream in zip(sources, streams, strict=True):
         if stream.vocab_size > vocab_size:
             raise ValueError(

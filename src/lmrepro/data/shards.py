@@ -3,7 +3,9 @@
 Header (little-endian):  magic b"LMRTOKS\\0" | format version u32 | dtype code u32 | num_tokens u64 |
                          vocab_size u64 | num_documents u64 | zero padding to 64 bytes.
 The header makes a shard self-describing: a truncated, foreign or corrupted file is refused with its
-path instead of being read as garbage tokens. Documents are separated by EOS (and start with BOS when
+path instead of being read as garbage tokens. The index records each shard's sha256, verified when a
+TokenStream opens the folder (once per process per file: see `verify_shards`), so zeroed or garbled
+bytes of the right size are refused too. Documents are separated by EOS (and start with BOS when
 the tokenizer has one); the loader treats the shards of a folder as one stream.
 """
 
@@ -13,6 +15,7 @@ import bisect
 import json
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ _HEADER = struct.Struct("<8sIIQQQ")
 _DTYPE_CODES = {16: np.dtype("<u2"), 32: np.dtype("<u4")}
 INDEX_FORMAT = "lmrepro-token-shards"
 INDEX_FILE = "index.json"  # written last in a shard folder: its presence marks the folder complete
+_verified: set[tuple[str, int, int, str]] = set()  # (shard, bytes, mtime_ns, sha256) verified in this process
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -147,10 +151,41 @@ def read_index(path: str | Path) -> dict:
     return index
 
 
-class TokenStream:
-    """The shards of a folder (listed by its INDEX_FILE), read as one concatenated, memory-mapped stream."""
+def verify_shards(paths: list[Path], sha256s: list[str], index_path: Path) -> None:
+    """Check each shard's bytes against the sha256 its index records: ValueError naming the first bad one.
 
-    def __init__(self, folder: str | Path, verify_checksums: bool = False):
+    A shard already verified in this process (same path, size and mtime) is not hashed again, so the
+    training loader, validation and evals opening the same folder pay once. Shards are hashed on a few
+    threads (hashlib releases the GIL); benchmarks/integrity/ has the cost against plain reading.
+    """
+    keys = []
+    for path, digest in zip(paths, sha256s, strict=True):
+        stat = path.stat()
+        keys.append((str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest))
+    todo = [(path, key) for path, key in zip(paths, keys, strict=True) if key not in _verified]
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1, len(todo)))) as pool:
+        actual = list(pool.map(file_sha256, [path for path, _ in todo]))
+    for (path, key), digest in zip(todo, actual, strict=True):
+        if digest != key[3]:
+            raise ValueError(
+                f"{path}: sha256 does not match the one {index_path} records; the shard is corrupted "
+                f"(zeroed or garbled bytes): delete {index_path.parent} and tokenize again"
+            )
+        _verified.add(key)
+
+
+class TokenStream:
+    """The shards of a folder (listed by its INDEX_FILE), read as one concatenated, memory-mapped stream;
+    their checksums are verified when it opens (``verify_checksums=False``: header checks only).
+
+    ``verify_share=(rank, ranks)``: this process verifies only shards rank, rank + ranks, … — the
+    training ranks split the hashing of a dataset they all read; a rank that finds a bad shard fails, and
+    torchrun stops the others.
+    """
+
+    def __init__(
+        self, folder: str | Path, verify_checksums: bool = True, verify_share: tuple[int, int] = (0, 1)
+    ):
         self.folder = Path(folder)
         self.index_path = self.folder / INDEX_FILE
         self.index = read_index(self.index_path)
@@ -158,16 +193,19 @@ class TokenStream:
         self.eos_id: int | None = self.index["eos_id"]  # None: spike rows have no boundary token
         self.bos_id: int | None = self.index["bos_id"]
         self._shards: list[np.ndarray] = []
-        for entry in self.index["shards"]:
-            path = self.folder / entry["file"]
-            header = read_header(path)
+        paths = [self.folder / entry["file"] for entry in self.index["shards"]]
+        for path, entry in zip(paths, self.index["shards"], strict=True):
+            header = read_header(path)  # truncation: the size disagrees with the header
             if header.num_tokens != entry["num_tokens"] or header.vocab_size != self.vocab_size:
                 raise ValueError(
                     f"{path}: header ({header.num_tokens} tokens, vocab {header.vocab_size}) disagrees with "
                     f"{self.index_path} ({entry['num_tokens']} tokens, vocab {self.vocab_size})"
                 )
-            if verify_checksums and file_sha256(path) != entry["sha256"]:
-                raise ValueError(f"{path}: sha256 does not match {self.index_path}; the shard is corrupted")
+        if verify_checksums:
+            rank, ranks = verify_share
+            digests = [entry["sha256"] for entry in self.index["shards"]]
+            verify_shards(paths[rank::ranks], digests[rank::ranks], self.index_path)
+        for path in paths:
             # A plain ndarray view of the mapping: slicing it skips np.memmap's per-slice bookkeeping.
             self._shards.append(np.asarray(read_shard(path)))
         self._starts = np.cumsum([0] + [len(s) for s in self._shards])

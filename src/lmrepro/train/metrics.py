@@ -1,4 +1,5 @@
-"""Training metrics: throughput, MFU, memory; written to metrics.jsonl, TensorBoard and the log."""
+"""Training metrics: throughput, MFU, memory, the non-finite guard; written to metrics.jsonl, TensorBoard and
+the log."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import resource
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,51 @@ def throughput(tokens: int, elapsed_s: float, world_size: int, flops_per_token: 
         "tflops_per_device": per_device * flops_per_token / 1e12,
         "mfu": per_device * flops_per_token / peak_flops if peak_flops else None,
     }
+
+
+class NonFiniteGuard:
+    """The first step whose loss or gradient norm was NaN or infinite, recorded on the device every step
+    (a few tiny kernels, no host sync) and read only at the trainer's sync points: logged steps and before
+    every save, where the model's weights are checked too. Training stops there with the step named, so
+    a non-finite step between two logged steps never reaches a checkpoint.
+
+    Skipping such a step instead is not offered: without a sync before ``optimizer.step`` it would need a
+    copy of the weights and both AdamW moments to restore with ``torch.where`` (3× the model's memory and
+    a pass over all of it every step); zeroing the gradients is no skip (AdamW still decays its moments,
+    advances its step count and applies weight decay)."""
+
+    def __init__(self, device: torch.device):
+        self.first_step = torch.zeros((), dtype=torch.int64, device=device)  # 0: every step finite so far
+
+    def observe(self, step: int, values: list[torch.Tensor]) -> None:
+        """Note ``step`` if any of ``values`` (0-dim device tensors: losses, grad norm) is not finite."""
+        device = self.first_step.device  # a norm of no gradients is a CPU zero (optim.clip_and_step)
+        finite = torch.isfinite(
+            torch.stack([v.detach().float().reshape(()).to(device) for v in values])
+        ).all()
+        self.first_step = torch.where(~finite & (self.first_step == 0), step, self.first_step)
+
+    def check(self, step: int, model: torch.nn.Module | None = None) -> None:
+        """Raise FloatingPointError (on every rank alike) if a step so far was non-finite or, with
+        ``model``, if a weight is: called before a checkpoint is saved."""
+        first = int(self.first_step)  # waits for the device
+        if first:
+            raise FloatingPointError(
+                f"loss or gradient norm is not finite at step {first} (seen at step {step}); stopped "
+                f"before any checkpoint of it was saved (lower optimizer.lr or tighten "
+                f"optimizer.grad_clip_norm)"
+            )
+        if model is not None and not finite_weights(model):
+            raise FloatingPointError(f"model weights are not finite after step {step}; not saving them")
+
+
+def finite_weights(model: torch.nn.Module) -> bool:
+    """Whether every parameter of every rank is finite (each rank checks its local shards)."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    flags = torch.stack([torch.isfinite(t.detach()).all() for t in local]).all().to(torch.int32)
+    if dist.is_initialized():
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    return bool(flags)
 
 
 class MetricsWriter:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -180,6 +179,7 @@ class Trainer:
         )
         self.flops_per_token = model_flops_per_token(self.model, seq_len)
         self.peak_flops = metrics_lib.peak_flops_per_device(self.device)
+        self.nonfinite = metrics_lib.NonFiniteGuard(self.device)
 
     def _set_numerics(self, training) -> None:
         """float8 Linears, the attention kernel and the one-GPU residual dtype, on the meta model before
@@ -235,9 +235,11 @@ class Trainer:
         )
 
     def save_rolling(self) -> None:
+        self.nonfinite.check(self.step, self.model)  # never a checkpoint of non-finite weights
         self.checkpointer.save_rolling(self.model, self.optimizer, self._train_state(), self._info())
 
     def save_final(self) -> None:
+        self.nonfinite.check(self.step, self.model)
         self.checkpointer.save_final(self.model, self.optimizer, self._train_state(), self._info())
 
     # ---- training ------------------------------------------------------------------------------
@@ -352,6 +354,7 @@ class Trainer:
             self.kfac.step(lr)
         params = list(self.model.parameters())
         grad_norm = clip_and_step(self.optimizer, params, self.job.optimizer.grad_clip_norm)
+        self.nonfinite.observe(self.step, [grad_norm, *losses.values()])
         self.tokens_seen += self.job.training.global_batch_tokens
         # losses and grad_norm stay on the device: nothing here waits for the GPU, so the host queues the
         # next step while this one runs; they become floats only on the steps that are logged.
@@ -412,8 +415,7 @@ class Trainer:
                     floats = {k: float(out[k]) for k in ("loss", "weighted_loss", "grad_norm") if k in out}
                     out = {**out, **floats}  # waits for the device
                     elapsed = time.perf_counter() - window_start
-                    if not math.isfinite(out["loss"]) or not math.isfinite(out.get("weighted_loss", 0.0)):
-                        raise FloatingPointError(f"loss is {out['loss']} at step {self.step}")
+                    self.nonfinite.check(self.step)  # any step since the last check, logged or not
                     speed = metrics_lib.throughput(
                         window_tokens, elapsed, self.dims.world_size, self.flops_per_token, self.peak_flops
                     )

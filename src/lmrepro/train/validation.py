@@ -38,7 +38,7 @@ def window_starts(num_tokens: int, seq_len: int, max_tokens: int, dp_size: int) 
 class Validator:
     def __init__(self, cfg: ValidationConfig, seq_len: int, dp_rank: int, dp_size: int, batch_sequences: int):
         self.every_steps = cfg.every_steps
-        self.stream = TokenStream(Path(cfg.index).parent)
+        self.stream = TokenStream(Path(cfg.index).parent, verify_share=(dp_rank, dp_size))
         self.seq_len = seq_len
         starts = window_starts(len(self.stream), seq_len, cfg.max_tokens, dp_size)
         self.my_starts = starts[dp_rank::dp_size]
