@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from lmrepro.io import DiskFullError
+
 
 def setup_logging() -> None:
     rank = os.environ.get("RANK")
@@ -22,11 +24,12 @@ def setup_logging() -> None:
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run a script's main(): user errors (bad config, missing file) exit 2 with one line, not a trace."""
+    """Run a script's main(): user errors (bad config, missing file) and a full disk exit 2 with one line,
+    not a trace."""
     setup_logging()
     try:
         code = main()
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, DiskFullError) as e:
         logging.getLogger("lmrepro").error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -94,3 +94,55 @@ def test_a_killed_process_restarts_inside_the_job_and_finishes(tmp_path, tiny_da
     assert f"resuming from rolling checkpoint {tmp_path}/restart/state/checkpoints/step-8 (step 8)" in log
     ref_w, got_w = weights(reference), weights(final)
     assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of its own (resized by the test with `remount`), unmounted at the end."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
+    if mount.returncode:
+        pytest.skip(
+            f"cannot mount a tmpfs for a real ENOSPC (needs root/CAP_SYS_ADMIN): {mount.stderr.strip()}"
+        )
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True, timeout=60)
+
+
+def used_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_a_full_disk_during_a_save_is_one_clear_error_and_keeps_the_previous_checkpoint(
+    small_disk, tiny_data
+):
+    """The run folder on a tmpfs with room for step-0 and one rolling checkpoint and a half: the save of
+    the second (step 8) hits ENOSPC. The trainer stops with one line naming the checkpoint, removes its
+    partial folder and leaves the rolling checkpoint of step 4 complete and loadable."""
+    config, step0 = setup_run(small_disk, tiny_data, "full", training={"steps": 12})
+    model_bytes = used_bytes(step0)
+    rolling_bytes = 3 * model_bytes  # weights and AdamW's two moments
+    df = subprocess.run(["df", "-B1", "--output=used", str(small_disk)], capture_output=True, text=True)
+    size = int(df.stdout.split()[-1]) + int(1.5 * rolling_bytes)
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(small_disk)], check=True, timeout=60)
+    final = small_disk / "full" / "checkpoints" / "step-12"
+    cmd = [sys.executable, str(REPO / "workflow/scripts/train.py"), "--config", str(config)]
+    cmd += ["--resume-from", str(step0), "--save-to", str(final), "--until-step", "12"]
+    out = subprocess.run(cmd, env=trainer_env(), capture_output=True, text=True, timeout=300)
+    rolling = small_disk / "full" / "state" / "checkpoints"
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.stderr
+    assert errors[0].startswith(f"error: {rolling}/step-8: no space left on the device while writing it")
+    assert errors[0].endswith("what was written before it is intact: free space and rerun"), errors
+    assert "Traceback" not in out.stdout + out.stderr
+    assert not final.exists() and not (rolling / "step-8").exists()
+    assert not list(rolling.glob(".*.partial")), "the partial folder of the failed save still holds space"
+    from lmrepro.checkpoint.dcp import is_complete, load_model
+
+    assert is_complete(rolling / "step-4")
+    model, info = load_model(rolling / "step-4")
+    assert info["step"] == 4
