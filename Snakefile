@@ -2,6 +2,7 @@
 # `snakemake --profile profiles/slurm all` runs on a cluster; `--configfile config/experiments/<name>.yaml`
 # runs that experiment instead of the default. See README.md and config/README.md.
 import os
+import shlex
 import sys
 
 from snakemake.utils import min_version, validate
@@ -9,7 +10,7 @@ from snakemake.utils import min_version, validate
 # Jobs and this Snakefile use the lmrepro package of this checkout, whatever is installed elsewhere.
 _SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, _SRC)
-shell.prefix(f'export PYTHONPATH="{_SRC}:$PYTHONPATH"; ')
+shell.prefix(f'export PYTHONPATH={shlex.quote(_SRC)}:"$PYTHONPATH"; ')
 
 min_version("9.0")
 

@@ -4,6 +4,7 @@ file checksums. A killed job never leaves an output that a later step would take
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -67,3 +68,58 @@ def file_sha256(path: str | Path, *, chunk_bytes: int = 1 << 20) -> str:
         while chunk := f.read(chunk_bytes):
             h.update(chunk)
     return h.hexdigest()
+
+
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFullError(OSError):
+    """A write failed for want of space (or quota); the message names what was being written."""
+
+
+def _raised_for_space(exc: BaseException) -> bool:
+    """Whether ENOSPC/EDQUOT/EFBIG is anywhere in an exception, its causes, or (DCP's CheckpointException)
+    the failures it collected from every rank."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in FULL_DISK_ERRNOS:
+            return True
+        failures = getattr(e, "failures", None)
+        if isinstance(failures, dict):
+            todo += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
+        todo += [e.__cause__, e.__context__]
+    return False
+
+
+def free_bytes(path: str | Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+@contextmanager
+def full_disk_explained(target: str | Path, partial: str | Path, needed_bytes: int) -> Iterator[None]:
+    """Turn a write into `partial` (the folder that becomes `target`) that failed for want of space into a
+    DiskFullError naming `target`, after deleting `partial` so that its bytes are free again.
+
+    Not every writer keeps the errno (torch.save reports a short write as a RuntimeError), so a failure
+    also counts as a full disk when less than `needed_bytes` (what was to be written) is left free.
+    """
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException
+        partial = Path(partial)
+        free = free_bytes(partial.parent if not partial.exists() else partial)
+        if not (_raised_for_space(exc) or free < needed_bytes):
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+        total = shutil.disk_usage(Path(partial).parent).total
+        raise DiskFullError(
+            f"{target}: no space left on the device while writing it (about {needed_bytes / 2**20:.1f} MiB "
+            f"needed, {free / 2**20:.1f} MiB of {total / 2**20:.1f} MiB free); what was written before it is "
+            "intact: free space and rerun",
+        ) from exc

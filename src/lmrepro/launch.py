@@ -21,6 +21,11 @@ its workers and waits for them, so the launcher only waits. --journal keeps thes
 Environment: LMREPRO_RDZV_HOST / LMREPRO_RDZV_PORT override the rendezvous endpoint (default: the first
 node's NodeAddr, port 20000 + job id % 10000); LMREPRO_RDZV_TIMEOUT_S bounds the rendezvous (default 600 s);
 NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME pass through, or --socket-ifname sets both.
+
+In-job restarts: --max-restarts N (resource train_max_restarts) lets torchrun restart the training processes
+of every node up to N times after one of them fails (a crashed process, a lost GPU); each restart resumes
+from the newest rolling checkpoint in state/. 0 (the default) leaves every failure to Snakemake's retry,
+which resubmits the job.
 """
 
 from __future__ import annotations
@@ -67,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, required=True, help="CPUs of this node for the job")
     parser.add_argument("--socket-ifname", default="", help="sets NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME")
     parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="torchrun restarts the training processes up to this many times after a failure (default 0)",
+    )
+    parser.add_argument(
         "--rdzv-timeout",
         type=int,
         default=int(os.environ.get("LMREPRO_RDZV_TIMEOUT_S", "600")),
@@ -86,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give the training script and its arguments after --")
     if min(args.nnodes, args.nproc_per_node, args.threads) < 1:
         parser.error("--nnodes, --nproc-per-node and --threads must be >= 1")
+    if args.max_restarts < 0:
+        parser.error("--max-restarts must be >= 0")
     return args
 
 
@@ -126,18 +139,21 @@ def torchrun_command(args: argparse.Namespace) -> tuple[list[str], str]:
     torchrun = [sys.executable, "-m", "torch.distributed.run"]
     procs = args.nproc_per_node
     world = args.nnodes * procs
+    restarts = ["--max-restarts", str(args.max_restarts)]
+    in_job = f"; up to {args.max_restarts} in-job restarts" if args.max_restarts else ""
     if args.nnodes == 1:
-        cmd = [*torchrun, "--standalone", "--nnodes", "1", "--nproc-per-node", str(procs)]
-        return [*cmd, *args.command], f"1 node × {procs} processes = world {world}; torchrun --standalone"
+        cmd = [*torchrun, "--standalone", "--nnodes", "1", "--nproc-per-node", str(procs), *restarts]
+        summary = f"1 node × {procs} processes = world {world}; torchrun --standalone{in_job}"
+        return [*cmd, *args.command], summary
     step = slurm_step()
     endpoint, origin = rendezvous(args.nnodes, step)
     timeout = args.rdzv_timeout
     cmd = [*torchrun, "--nnodes", str(args.nnodes), "--nproc-per-node", str(procs)]
     cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", step["job_id"]]
-    cmd += ["--rdzv-conf", f"join_timeout={timeout},read_timeout={timeout}", "--max-restarts", "0"]
+    cmd += ["--rdzv-conf", f"join_timeout={timeout},read_timeout={timeout}", *restarts]
     summary = (
         f"{args.nnodes} nodes × {procs} processes = world {world}; node index {step['node_index']}; "
-        f"c10d rendezvous at {endpoint} ({origin}, id {step['job_id']}, timeout {timeout} s)"
+        f"c10d rendezvous at {endpoint} ({origin}, id {step['job_id']}, timeout {timeout} s){in_job}"
     )
     return [*cmd, *args.command], summary
 

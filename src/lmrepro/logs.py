@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from lmrepro.io import DiskFullError
+
 
 def setup_logging() -> None:
     rank = os.environ.get("RANK")
@@ -22,12 +24,12 @@ def setup_logging() -> None:
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run a script's main(): user errors (bad config, missing file), detected corruption (ValueError) and a
-    non-finite training step (FloatingPointError) exit 2 with one line, not a trace."""
+    """Run a script's main(): user errors (bad config, missing file), detected corruption (ValueError), a
+    non-finite training step (FloatingPointError) and a full disk exit 2 with one line, not a trace."""
     setup_logging()
     try:
         code = main()
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, DiskFullError) as e:
         logging.getLogger("lmrepro").error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

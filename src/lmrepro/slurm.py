@@ -121,10 +121,12 @@ def launch_prefix(
     launcher = (
         f"python workflow/scripts/launch_train.py --nnodes {nodes} "
         f"--nproc-per-node {resources.get('train_procs_per_node')} --threads {threads} "
-        f"--journal {journal}"
+        f"--journal {shlex.quote(journal)}"
     )
     if resources.get("socket_ifname"):
         launcher += f" --socket-ifname {shlex.quote(resources.get('socket_ifname'))}"
+    if resources.get("train_max_restarts"):
+        launcher += f" --max-restarts {max_restarts(resources.get('train_max_restarts'))}"
     check_warning_lead(resources)
     if resources.get("mpi"):
         if executor == "slurm" and not resources.get("slurm_cluster"):
@@ -136,6 +138,15 @@ def launch_prefix(
             "without mpi the SLURM executor runs the job on one node): see profiles/slurm/config.yaml"
         )
     return f"{launcher} --"
+
+
+def max_restarts(value: Any) -> int:
+    """train_max_restarts: torchrun's in-job restarts of the training processes, an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"train_segment: train_max_restarts={value!r}; give an integer >= 0 (torchrun --max-restarts)"
+        )
+    return value
 
 
 def train_srun(nodes: int, threads: int, resources: Mapping[str, Any]) -> str:

@@ -16,10 +16,13 @@ from helpers import copy_workflow, small_experiment
 pytestmark = pytest.mark.slow
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# Fake credentials in every job's environment: no file the workflow writes may contain them.
+SECRETS = {"HF_TOKEN": "hf_FAKEtokenLmreproLeakCheck0123456789", "WANDB_API_KEY": "fakewandbkey" + "5" * 28}
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.update(SECRETS)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     return subprocess.run(
         [*SNAKEMAKE, "--cores", "2", *args],
@@ -48,7 +51,9 @@ def results_snapshot(workdir: Path) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def finished_workflow(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    """The whole pipeline of two runs, in a working directory whose path has spaces (every path reaches the
+    shell quoted), with fake HF_TOKEN / WANDB_API_KEY values in the environment."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow") / "a work dir")
     experiment = small_experiment(
         ["a", "b"],
         steps=20,
@@ -87,6 +92,18 @@ def test_pipeline_outputs(finished_workflow):
         rows = (results / f"runs/a/checkpoints/step-{step}/metrics.jsonl").read_text().splitlines()
         steps += [json.loads(r)["step"] for r in rows]
     assert steps == list(range(1, 21))
+
+
+def test_no_file_written_holds_a_secret(finished_workflow):
+    """Logs, train.toml, manifests, metrics, eval JSONs, reports, exports and Snakemake's own log."""
+    assert " " in str(finished_workflow)
+    written = [p for p in finished_workflow.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.match(".snakemake/log/*.log") for p in written)
+    assert any(p.name == "train.toml" for p in written) and any(p.name == "manifest.json" for p in written)
+    for path in written:
+        data = path.read_bytes()
+        for name, value in SECRETS.items():
+            assert value.encode() not in data, f"{name} leaked into {path}"
 
 
 def test_nothing_to_do_after_a_finished_run(finished_workflow):

@@ -133,3 +133,40 @@ def test_launch_prefix_refuses(resources: dict, message: str) -> None:
 
 def test_warning_lead_shorter_than_runtime_passes() -> None:
     slurm.check_warning_lead({"runtime": 11, "slurm_extra": "--signal=URG@600"})
+
+
+def test_launch_prefix_passes_in_job_restarts_on() -> None:
+    prefix = slurm.launch_prefix(threads=4, resources={**LOCAL, "train_max_restarts": 2}, journal="j")
+    assert prefix.endswith("--journal j --max-restarts 2 --")
+    assert "--max-restarts" not in slurm.launch_prefix(
+        threads=4, resources={**LOCAL, "train_max_restarts": 0}, journal="j"
+    )
+    for bad in (-1, "two", True):
+        with pytest.raises(ValueError, match=r"train_max_restarts=.*; give an integer >= 0"):
+            slurm.launch_prefix(threads=4, resources={**LOCAL, "train_max_restarts": bad}, journal="j")
+
+
+def test_torchrun_command_carries_max_restarts(monkeypatch) -> None:
+    from lmrepro import launch
+
+    script = ["--", "train.py", "--config", "a b/train.toml"]
+    cmd, summary = launch.torchrun_command(
+        launch.parse_args(["--nproc-per-node", "2", "--threads", "2", *script])
+    )
+    assert cmd[3:] == [
+        "--standalone", "--nnodes", "1", "--nproc-per-node", "2", "--max-restarts", "0",
+        "train.py", "--config", "a b/train.toml",
+    ]  # fmt: skip
+    assert "restarts" not in summary
+    step = {"SLURM_JOB_ID": "7", "SLURM_NODEID": "0", "SLURM_STEP_NUM_NODES": "2", "LMREPRO_RDZV_HOST": "h"}
+    for name, value in step.items():
+        monkeypatch.setenv(name, value)
+    args = launch.parse_args(
+        ["--nnodes", "2", "--nproc-per-node", "4", "--threads", "8", "--max-restarts", "3", *script]
+    )
+    cmd, summary = launch.torchrun_command(args)
+    assert cmd[cmd.index("--max-restarts") + 1] == "3" and cmd.count("--max-restarts") == 1
+    assert cmd[cmd.index("--rdzv-endpoint") + 1] == "h:20007"
+    assert summary.endswith("; up to 3 in-job restarts")
+    with pytest.raises(SystemExit):
+        launch.parse_args(["--nproc-per-node", "1", "--threads", "1", "--max-restarts", "-1", *script])

@@ -1,6 +1,7 @@
 # Named helpers for the rules (input functions, params) and the parse-time config check. Paths come from
 # lmrepro.workflow, the launcher from lmrepro.slurm: logic lives in the package.
 import json
+import shlex
 
 from lmrepro.data.sources import local_input_paths
 from lmrepro.slurm import launch_prefix
@@ -237,7 +238,7 @@ def run_init_base(wildcards):
 
 
 def init_base_arg(wildcards, input):
-    return f"--base {input.base}" if input.base else ""
+    return f"--base {shlex.quote(input.base[0])}" if input.base else ""
 
 
 def run_weights(wildcards):
@@ -247,7 +248,7 @@ def run_weights(wildcards):
 
 
 def token_weights_arg(wildcards, input):
-    return f"--token-weights {input.weights}" if input.weights else ""
+    return f"--token-weights {shlex.quote(input.weights[0])}" if input.weights else ""
 
 
 def run_samples_raw(wildcards):
@@ -263,7 +264,11 @@ def samples_args(wildcards):
         "prompt_bins": "--prompt-bins",
     }
     flags |= {"gen_bins": "--gen-bins", "seed": "--seed"}
-    return " ".join(f"{flag} {spec[key]}" for key, flag in flags.items() if key in spec)
+    return " ".join(
+        f"{flag} {shlex.quote(str(spec[key]))}"
+        for key, flag in flags.items()
+        if key in spec
+    )
 
 
 def all_sample_outputs(wildcards=None):

@@ -17,4 +17,4 @@ rule convert_base:
         vocab=lookup(dpath="bases/{base}/vocab", within=config),
     shell:
         "python workflow/scripts/convert_to_dcp.py --format {params.format} --source {input.source:q} "
-        "--vocab {params.vocab} --out {output.dcp} > {log} 2>&1"
+        "--vocab {params.vocab} --out {output.dcp:q} > {log:q} 2>&1"

@@ -19,7 +19,7 @@ rule prepare_dataset:
         spec=dataset_spec,
     shell:
         "python workflow/scripts/prepare_dataset.py --spec {params.spec:q} --name {wildcards.dataset} "
-        "--max-workers {threads} --out {output.raw} > {log} 2>&1"
+        "--max-workers {threads} --out {output.raw:q} > {log:q} 2>&1"
 
 
 rule train_tokenizer:
@@ -39,8 +39,8 @@ rule train_tokenizer:
     params:
         vocab_size=lookup(dpath="tokenizers/{tokenizer}/vocab_size", within=config),
     shell:
-        "python workflow/scripts/train_tokenizer.py --raw {input.raw} "
-        "--vocab-size {params.vocab_size} --out $(dirname {output.tokenizer}) > {log} 2>&1"
+        "python workflow/scripts/train_tokenizer.py --raw {input.raw:q} "
+        '--vocab-size {params.vocab_size} --out "$(dirname {output.tokenizer:q})" > {log:q} 2>&1'
 
 
 rule import_tokenizer:
@@ -59,7 +59,7 @@ rule import_tokenizer:
         spec=tokenizer_spec,
     shell:
         "python workflow/scripts/import_tokenizer.py --spec {params.spec:q} --name {wildcards.tokenizer} "
-        "--out $(dirname {output.tokenizer}) > {log} 2>&1"
+        '--out "$(dirname {output.tokenizer:q})" > {log:q} 2>&1'
 
 
 rule byte_tokenizer:
@@ -73,7 +73,7 @@ rule byte_tokenizer:
     conda:
         LMREPRO_ENV
     shell:
-        "python workflow/scripts/spike_tokenizer.py --out $(dirname {output.tokenizer}) > {log} 2>&1"
+        'python workflow/scripts/spike_tokenizer.py --out "$(dirname {output.tokenizer:q})" > {log:q} 2>&1'
 
 
 rule patch_tokenizer:
@@ -97,8 +97,8 @@ rule patch_tokenizer:
         vocab_size=lookup(dpath="tokenizers/{tokenizer}/vocab_size", within=config),
         mode=patch_tokenizer_mode,
     shell:
-        "python workflow/scripts/spike_tokenizer.py {params.mode} {input.source} --patch {params.patch} "
-        "--vocab-size {params.vocab_size} --out $(dirname {output.tokenizer}) > {log} 2>&1"
+        "python workflow/scripts/spike_tokenizer.py {params.mode} {input.source:q} --patch {params.patch} "
+        '--vocab-size {params.vocab_size} --out "$(dirname {output.tokenizer:q})" > {log:q} 2>&1'
 
 
 rule tokenize:
@@ -122,5 +122,5 @@ rule tokenize:
         LMREPRO_ENV
     threads: tokenize_threads
     shell:
-        "python workflow/scripts/tokenize_split.py --raw {input.raw} --split {wildcards.split} "
-        "--tokenizer $(dirname {input.tokenizer}) --num-proc {threads} --out {output.shards} > {log} 2>&1"
+        "python workflow/scripts/tokenize_split.py --raw {input.raw:q} --split {wildcards.split} "
+        '--tokenizer "$(dirname {input.tokenizer:q})" --num-proc {threads} --out {output.shards:q} > {log:q} 2>&1'

@@ -21,9 +21,9 @@ rule eval_loss:
         pppl_tokens=lookup(dpath="evals/{task}/pseudo_perplexity_tokens", within=config),
         weights=token_weights_arg,
     shell:
-        "python workflow/scripts/eval_loss.py --checkpoint {input.checkpoint} --shards {input.shards} "
+        "python workflow/scripts/eval_loss.py --checkpoint {input.checkpoint:q} --shards {input.shards:q} "
         "--task {wildcards.task} --max-tokens {params.max_tokens} {params.weights} "
-        "--pseudo-perplexity-tokens {params.pppl_tokens} --out {output.result} > {log} 2>&1"
+        "--pseudo-perplexity-tokens {params.pppl_tokens} --out {output.result:q} > {log:q} 2>&1"
 
 
 rule eval_multiple_choice:
@@ -45,9 +45,9 @@ rule eval_multiple_choice:
         file=lookup(dpath="evals/{task}/file", within=config),
         limit=mc_eval_limit,
     shell:
-        "python workflow/scripts/eval_multiple_choice.py --export {input.export} "
-        "--jsonl {input.raw}/{params.file} --task {wildcards.task} {params.limit} --out {output.result} "
-        "> {log} 2>&1"
+        "python workflow/scripts/eval_multiple_choice.py --export {input.export:q} "
+        "--jsonl {input.raw:q}/{params.file:q} --task {wildcards.task} {params.limit} --out {output.result:q} "
+        "> {log:q} 2>&1"
 
 
 rule eval_ngram:
@@ -71,9 +71,9 @@ rule eval_ngram:
         n=lookup(dpath="evals/{task}/n", within=config),
         max_tokens=lookup(dpath="evals/{task}/max_tokens", within=config),
     shell:
-        "python workflow/scripts/eval_ngram.py --config {input.config} --train {input.train} "
-        "--shards {input.shards} --task {wildcards.task} --n {params.n} --max-tokens {params.max_tokens} "
-        "--out {output.result} > {log} 2>&1"
+        "python workflow/scripts/eval_ngram.py --config {input.config:q} --train {input.train:q} "
+        "--shards {input.shards:q} --task {wildcards.task} --n {params.n} --max-tokens {params.max_tokens} "
+        "--out {output.result:q} > {log:q} 2>&1"
 
 
 rule sample_spikes:
@@ -99,6 +99,6 @@ rule sample_spikes:
     params:
         options=samples_args,
     shell:
-        "python workflow/scripts/sample_spikes.py --export {input.export} --config {input.config} "
-        "--tokenizer $(dirname {input.tokenizer}) --raw {input.raw} {params.options} "
-        "--out {output.samples} > {log} 2>&1 && cp {output.samples}/rasters.png {output.rasters}"
+        "python workflow/scripts/sample_spikes.py --export {input.export:q} --config {input.config:q} "
+        '--tokenizer "$(dirname {input.tokenizer:q})" --raw {input.raw:q} {params.options} '
+        "--out {output.samples:q} > {log:q} 2>&1 && cp {output.samples:q}/rasters.png {output.rasters:q}"

@@ -16,5 +16,5 @@ rule export_checkpoint:
     params:
         dtype=lookup(dpath="runs/{run}/export_dtype", within=config),
     shell:
-        "python workflow/scripts/export_checkpoint.py --checkpoint {input.checkpoint} "
-        "--tokenizer $(dirname {input.tokenizer}) --dtype {params.dtype} --out {output.export} > {log} 2>&1"
+        "python workflow/scripts/export_checkpoint.py --checkpoint {input.checkpoint:q} "
+        '--tokenizer "$(dirname {input.tokenizer:q})" --dtype {params.dtype} --out {output.export:q} > {log:q} 2>&1'

@@ -35,6 +35,6 @@ rule report:
     conda:
         LMREPRO_ENV
     shell:
-        "python workflow/scripts/report.py --evals {input.evals} --baselines {input.baselines} "
-        "--checkpoints {input.checkpoints} "
-        "--out $(dirname {output.summary}) > {log} 2>&1"
+        "python workflow/scripts/report.py --evals {input.evals:q} --baselines {input.baselines:q} "
+        "--checkpoints {input.checkpoints:q} "
+        '--out "$(dirname {output.summary:q})" > {log:q} 2>&1'

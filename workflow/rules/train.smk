@@ -17,7 +17,7 @@ rule render_train_config:
         settings=render_settings,
     shell:
         "python workflow/scripts/render_train_config.py --run {wildcards.run} --settings {params.settings:q} "
-        "--out {output.config} > {log} 2>&1"
+        "--out {output.config:q} > {log:q} 2>&1"
 
 
 rule token_weights:
@@ -34,8 +34,8 @@ rule token_weights:
     conda:
         LMREPRO_ENV
     shell:
-        "python workflow/scripts/token_weights.py --config {input.config} --tokenizer $(dirname {input.tokenizer}) "
-        "--out {output.weights} > {log} 2>&1"
+        'python workflow/scripts/token_weights.py --config {input.config:q} --tokenizer "$(dirname {input.tokenizer:q})" '
+        "--out {output.weights:q} > {log:q} 2>&1"
 
 
 rule init_checkpoint:
@@ -56,8 +56,8 @@ rule init_checkpoint:
     params:
         base=init_base_arg,
     shell:
-        "python workflow/scripts/init_checkpoint.py --config {input.config} {params.base} "
-        "--save-to {output.checkpoint} > {log} 2>&1"
+        "python workflow/scripts/init_checkpoint.py --config {input.config:q} {params.base} "
+        "--save-to {output.checkpoint:q} > {log:q} 2>&1"
 
 
 rule train_segment:
@@ -87,5 +87,5 @@ rule train_segment:
     params:
         launcher=train_launcher,
     shell:
-        "{params.launcher} workflow/scripts/train.py --config {input.config} --resume-from {input.start} "
-        "--save-to {output.checkpoint} --until-step {wildcards.step} >> {log} 2>&1"
+        "{params.launcher} workflow/scripts/train.py --config {input.config:q} --resume-from {input.start:q} "
+        "--save-to {output.checkpoint:q} --until-step {wildcards.step} >> {log:q} 2>&1"

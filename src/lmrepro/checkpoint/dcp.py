@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from lmrepro.checkpoint import checksums
 from lmrepro.checkpoint.hf import model_shapes
-from lmrepro.io import partial_path, write_json
+from lmrepro.io import full_disk_explained, partial_path, write_json
 from lmrepro.model.build import ModelSpec, args_from_info, build_model, has_model_info, model_state_shapes
 from lmrepro.model.llama import ModelArgs
 from lmrepro.provenance import provenance
@@ -78,13 +78,27 @@ def save(
     """Save collectively (every rank calls); returns the info written (with a fresh checkpoint_id).
 
     extra_files (name → text) are written into the folder before it appears, e.g. the segment's metrics.
+    A full disk is a DiskFullError naming ``path``, its partial folder deleted; older checkpoints stay.
     """
     path = Path(path)
     tmp = _begin(path)
     state = _state(model, optimizer, train_state)
-    dcp.save(state, checkpoint_id=str(tmp))
-    hashed = checksums.gather(checksums.hash_share(tmp, checksums.checkpoint_files(tmp)))
-    return _complete(tmp, path, sorted(state), info, extra_files, hashed)
+    with full_disk_explained(path, tmp, state_bytes(state)):
+        dcp.save(state, checkpoint_id=str(tmp))
+        hashed = checksums.gather(checksums.hash_share(tmp, checksums.checkpoint_files(tmp)))
+        return _complete(tmp, path, sorted(state), info, extra_files, hashed)
+
+
+def state_bytes(state: object) -> int:
+    """Bytes of the tensors this rank holds in a (nested) state dict: what it writes of a checkpoint."""
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(state_bytes(v) for v in state)
+    if isinstance(state, torch.Tensor):
+        local = state.to_local() if hasattr(state, "to_local") else state
+        return local.numel() * local.element_size()
+    return 0
 
 
 class PendingSave:
@@ -92,8 +106,11 @@ class PendingSave:
     once the writes are done, each rank hashes its share of the files in another background thread.
     :meth:`finish` (every rank) waits for both, then makes the folder complete like :func:`save`."""
 
-    def __init__(self, path: Path, tmp: Path, contents: list[str], info: dict, future, group) -> None:
+    def __init__(
+        self, path: Path, tmp: Path, contents: list[str], info: dict, future, group, nbytes: int
+    ) -> None:
         self.path, self.tmp, self.contents, self.info, self.future = path, tmp, contents, info, future
+        self.nbytes = nbytes
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-checksums")
         self._hashed: Future = self._hasher.submit(self._hash_when_written, group)
 
@@ -102,12 +119,13 @@ class PendingSave:
         return checksums.hash_share(self.tmp, checksums.checkpoint_files(self.tmp), group)
 
     def finish(self) -> dict:
-        try:
-            self.future.result()  # re-raises a failed write
-            share = self._hashed.result()
-        finally:
-            self._hasher.shutdown()
-        return _complete(self.tmp, self.path, self.contents, self.info, None, checksums.gather(share))
+        with full_disk_explained(self.path, self.tmp, self.nbytes):
+            try:
+                self.future.result()  # re-raises a failed write
+                share = self._hashed.result()
+            finally:
+                self._hasher.shutdown()
+            return _complete(self.tmp, self.path, self.contents, self.info, None, checksums.gather(share))
 
 
 def save_async(
@@ -125,7 +143,7 @@ def save_async(
     tmp = _begin(path)
     state = _state(model, optimizer, train_state)
     future = dcp.async_save(state, checkpoint_id=str(tmp), async_stager=stager, process_group=process_group)
-    return PendingSave(path, tmp, sorted(state), info, future, process_group)
+    return PendingSave(path, tmp, sorted(state), info, future, process_group, state_bytes(state))
 
 
 def default_stager(device: torch.device):
