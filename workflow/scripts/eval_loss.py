@@ -11,7 +11,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--shards", required=True, help="folder of the held-out token shards")
     parser.add_argument("--task", required=True)
-    parser.add_argument("--max-tokens", type=int, required=True, help="evals.<task>.max_tokens")
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help="evals.<task>.max_tokens (absent: the whole split)"
+    )
     parser.add_argument(
         "--pseudo-perplexity-tokens", type=int, default=0, help="evals.<task>.pseudo_perplexity_tokens"
     )

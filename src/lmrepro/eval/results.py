@@ -15,7 +15,7 @@ from lmrepro.checkpoint.dcp import load_model
 from lmrepro.data.masking import HELDOUT_MASK_SEED, MaskingConfig
 from lmrepro.data.shards import TokenStream
 from lmrepro.eval.loss import heldout_loss, masked_heldout_loss, pseudo_perplexity, scored_windows
-from lmrepro.eval.ngram import fit_ngram, ngram_loss
+from lmrepro.eval.ngram import fit_ngram, ngram_windows_loss
 from lmrepro.io import read_json, write_json
 from lmrepro.model.losses import load_token_weights
 from lmrepro.provenance import provenance
@@ -31,7 +31,7 @@ def evaluate_loss_task(
     checkpoint: str | Path,
     shards: str | Path,
     task: str,
-    max_tokens: int,
+    max_tokens: int | None,
     out: str | Path,
     pseudo_perplexity_tokens: int = 0,
     token_weights: str | Path | None = None,
@@ -59,7 +59,7 @@ def evaluate_loss_task(
         "task": task,
         "kind": "loss",
         "metrics": {k: metrics[k] for k in ("loss", "perplexity", "weighted_loss") if k in metrics},
-        "num_tokens": metrics["num_tokens"],
+        **scored_counts(metrics, max_tokens),
         "token_weights": str(token_weights) if token_weights else None,
         "source": str(checkpoint),
         "provenance": provenance(),
@@ -68,8 +68,15 @@ def evaluate_loss_task(
     return record
 
 
+def scored_counts(metrics: dict, max_tokens: int | None) -> dict:
+    """What a loss eval scored: targets, windows, documents (None: no BOS in the shards), and the
+    max_tokens asked for (None: the whole split)."""
+    keys = ("num_tokens", "num_windows", "num_documents")
+    return {**{k: metrics[k] for k in keys}, "max_tokens": max_tokens}
+
+
 def _masked_loss_task(
-    model, info: dict, stream: TokenStream, checkpoint, task: str, max_tokens: int, out, pppl_tokens: int
+    model, info: dict, stream: TokenStream, checkpoint, task: str, max_tokens: int | None, out, pppl_tokens
 ):
     masking = MaskingConfig(
         vocab_size=model.args.vocab_size,
@@ -94,7 +101,7 @@ def _masked_loss_task(
         "objective": "mlm",
         "metrics": {k: m[k] for k in ("loss", "accuracy", "baseline_accuracy")} | pppl["metrics"],
         **pppl["counts"],
-        "num_tokens": m["num_tokens"],  # masked positions scored
+        **scored_counts(m, max_tokens),  # num_tokens: masked positions scored
         "num_input_tokens": m["num_input_tokens"],
         "baseline_token_id": m["baseline_token_id"],
         "masking": {**info["mlm"], "seed": HELDOUT_MASK_SEED},
@@ -151,18 +158,18 @@ def evaluate_ngram_task(
     task: str,
     *,
     n: int,
-    max_tokens: int,
+    max_tokens: int | None,
     seq_len: int,
     out: str | Path,
 ) -> dict:
     """The n-gram baseline of a run: fitted on its training shards, scored in nats per token on the same
-    targets of `shards` that the run's loss eval scores (the first windows of seq_len, max_tokens)."""
+    targets of `shards` that the run's loss eval scores (its windows of seq_len, spread evenly)."""
     streams = [TokenStream(folder) for folder in train_shards]
     vocab_size = max(s.vocab_size for s in streams)
     model = fit_ngram([np.asarray(s.window(0, len(s))) for s in streams], n, vocab_size)
     heldout = TokenStream(shards)
-    num_windows = scored_windows(heldout, seq_len=seq_len, max_tokens=max_tokens)
-    metrics = ngram_loss(model, heldout.window(0, num_windows * seq_len + 1), slice(1, None))
+    starts = scored_windows(heldout, seq_len=seq_len, max_tokens=max_tokens)
+    metrics = ngram_windows_loss(model, heldout, starts, seq_len)
     per_million = model.fit_seconds / max(model.num_tokens, 1) * 1e6
     log.info(
         "%s (%d-gram, %d training tokens, fit %.2f s = %.3f s per million tokens): %.4f nats/token on %d",
@@ -175,6 +182,8 @@ def evaluate_ngram_task(
         "n": n,
         "metrics": {"loss": metrics["loss"], "perplexity": metrics["perplexity"]},
         "num_tokens": metrics["num_tokens"],
+        "num_windows": len(starts),
+        "max_tokens": max_tokens,
         "train_tokens": model.num_tokens,
         "distinct_ngrams": int(len(model.gram_keys)),
         "fit_seconds": model.fit_seconds,
