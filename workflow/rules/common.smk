@@ -19,6 +19,7 @@ from lmrepro.workflow import (
     run_data_mode,
     run_datasets,
     run_token_weights,
+    segment_boundaries,
     shards_dir,
     tokenizer_file,
     train_shards_dir,
@@ -70,10 +71,21 @@ def run_validation_data(wildcards):
     return [shards_dir(v["dataset"], settings["tokenizer"], v["split"])]
 
 
+# Run keys that do not shape train.toml: what is sampled, evaluated, exported and kept of its checkpoints.
+NOT_RENDERED = (
+    "samples",
+    "eval_every_segments",
+    "eval_at_steps",
+    "keep_optimizer_last_k",
+)
+
+
 def render_settings(wildcards):
-    """Everything of config.yaml that shapes this run's train.toml (a change reruns the run); `samples`
-    only shapes the samples of its last checkpoint."""
-    settings = {k: v for k, v in run_settings(wildcards.run).items() if k != "samples"}
+    """Everything of config.yaml that shapes this run's train.toml (a change reruns the run); the keys of
+    NOT_RENDERED only choose what happens to its checkpoints."""
+    settings = {
+        k: v for k, v in run_settings(wildcards.run).items() if k not in NOT_RENDERED
+    }
     return json.dumps(settings, sort_keys=True)
 
 
@@ -147,10 +159,11 @@ def all_baseline_outputs(wildcards=None):
 
 
 def all_segment_checkpoints(wildcards=None):
+    """Every segment's checkpoint (its metrics.jsonl is the report's training curve), evaluated or not."""
     return [
         checkpoint_dir(run, step)
         for run, settings in config["runs"].items()
-        for step in eval_steps(settings)[1:]
+        for step in segment_boundaries(settings["steps"], settings["segment_steps"])
     ]
 
 
