@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lmrepro.checkpoint.dcp import load_model
 from lmrepro.data.masking import HELDOUT_MASK_SEED, MaskingConfig
@@ -23,8 +24,32 @@ from lmrepro.provenance import provenance
 log = logging.getLogger(__name__)
 
 
+EVAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+EVAL_DEVICES = ("auto", "cpu", "cuda")
+
+
 def write_result(out: str | Path, record: dict) -> None:
     write_json(out, record)
+
+
+def eval_device(device: str) -> str:
+    """evals.<task>.device: ``auto`` is the job's GPU when it has one, else the CPU."""
+    if device not in EVAL_DEVICES:
+        raise ValueError(f"eval device {device!r} is not valid; choose one of {list(EVAL_DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("evals.<task>.device = cuda, but this job sees no GPU (CUDA_VISIBLE_DEVICES?)")
+    return device
+
+
+def load_eval_model(checkpoint: str | Path, device: str, dtype: str):
+    """(our model on ``device`` with its weights in ``dtype``, meta.json); logits are scored in float32.
+    ``Module.bfloat16`` keeps the complex RoPE table (``Module.to(dtype)`` would cast it)."""
+    if dtype not in EVAL_DTYPES:
+        raise ValueError(f"eval dtype {dtype!r} is not valid; choose one of {sorted(EVAL_DTYPES)}")
+    model, info = load_model(checkpoint, device=device)
+    return (model.bfloat16() if dtype == "bfloat16" else model), info
 
 
 def evaluate_loss_task(
@@ -35,15 +60,19 @@ def evaluate_loss_task(
     out: str | Path,
     pseudo_perplexity_tokens: int = 0,
     token_weights: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict:
     """Held-out loss of a DCP checkpoint on the token shards of a folder (`shards`): next-token loss (with
     the run's `token_weights` file also its weighted loss, metrics `weighted_loss` beside `loss`, per
     token), or for a masked LM its masked-token loss and accuracy (and the most-frequent-token baseline)."""
-    model, info = load_model(checkpoint)
+    device = eval_device(device)
+    model, info = load_eval_model(checkpoint, device, dtype)
     stream = TokenStream(shards)
+    numerics = {"device": device, "dtype": dtype}
     if info.get("objective") == "mlm":
         return _masked_loss_task(
-            model, info, stream, checkpoint, task, max_tokens, out, pseudo_perplexity_tokens
+            model, info, stream, checkpoint, task, max_tokens, out, pseudo_perplexity_tokens, numerics
         )
     weights = load_token_weights(token_weights, model.args.vocab_size) if token_weights else None
     metrics = heldout_loss(
@@ -60,6 +89,7 @@ def evaluate_loss_task(
         "kind": "loss",
         "metrics": {k: metrics[k] for k in ("loss", "perplexity", "weighted_loss") if k in metrics},
         **scored_counts(metrics, max_tokens),
+        **numerics,
         "token_weights": str(token_weights) if token_weights else None,
         "source": str(checkpoint),
         "provenance": provenance(),
@@ -76,7 +106,7 @@ def scored_counts(metrics: dict, max_tokens: int | None) -> dict:
 
 
 def _masked_loss_task(
-    model, info: dict, stream: TokenStream, checkpoint, task: str, max_tokens: int | None, out, pppl_tokens
+    model, info: dict, stream: TokenStream, checkpoint, task: str, max_tokens, out, pppl_tokens, numerics
 ):
     masking = MaskingConfig(
         vocab_size=model.args.vocab_size,
@@ -102,6 +132,7 @@ def _masked_loss_task(
         "metrics": {k: m[k] for k in ("loss", "accuracy", "baseline_accuracy")} | pppl["metrics"],
         **pppl["counts"],
         **scored_counts(m, max_tokens),  # num_tokens: masked positions scored
+        **numerics,
         "num_input_tokens": m["num_input_tokens"],
         "baseline_token_id": m["baseline_token_id"],
         "masking": {**info["mlm"], "seed": HELDOUT_MASK_SEED},
@@ -125,14 +156,25 @@ def _pseudo_perplexity(model, stream, seq_len: int, masking, num_tokens: int) ->
 
 
 def evaluate_multiple_choice_task(
-    export_dir: str | Path, jsonl: str | Path, task: str, out: str | Path, limit: int | None = None
+    export_dir: str | Path,
+    jsonl: str | Path,
+    task: str,
+    out: str | Path,
+    limit: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict:
     from lmrepro.eval.harness import evaluate_multiple_choice
 
     info = read_json(Path(export_dir) / "export.json")
     # The task YAML is kept next to the JSON so that record["lm_eval"]["command"] reruns it with the CLI.
     task_dir = Path(out).parent / f"{Path(out).stem}.lm_eval_task"
-    result = evaluate_multiple_choice(Path(export_dir) / "hf", task, jsonl, limit=limit, task_dir=task_dir)
+    if dtype not in EVAL_DTYPES:
+        raise ValueError(f"eval dtype {dtype!r} is not valid; choose one of {sorted(EVAL_DTYPES)}")
+    device = eval_device(device)
+    result = evaluate_multiple_choice(
+        Path(export_dir) / "hf", task, jsonl, limit=limit, task_dir=task_dir, device=device, dtype=dtype
+    )
     log.info("%s step %d: %s", task, info["step"], result["metrics"])
     record = {
         "run": info.get("run"),
@@ -142,6 +184,8 @@ def evaluate_multiple_choice_task(
         "kind": "multiple_choice",
         "metrics": result["metrics"],
         "num_examples": result["num_examples"],
+        "device": device,
+        "dtype": dtype,
         "lm_eval_version": result.get("lm_eval_version"),
         "lm_eval": result.get("lm_eval"),  # settings + the `lm_eval` command line that reproduces it
         "source": str(export_dir),
