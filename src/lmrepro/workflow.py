@@ -47,6 +47,19 @@ def _check_eval_cadence(run: str, spec: dict) -> None:
             )
 
 
+def optimizer_dropped_steps(spec: dict) -> list[int]:
+    """Segment ends whose checkpoints become model-only (lmrepro.checkpoint.retention): every one but the
+    last ``keep_optimizer_last_k``, each once the segment k later is complete and its readers are done."""
+    boundaries = segment_boundaries(spec["steps"], spec["segment_steps"])
+    return boundaries[: max(len(boundaries) - spec.get("keep_optimizer_last_k", 1), 0)]
+
+
+def optimizer_needed_until(spec: dict, step: int) -> int:
+    """The segment end after which checkpoint ``step`` no longer needs its optimizer state (k segments on)."""
+    boundaries = segment_boundaries(spec["steps"], spec["segment_steps"])
+    return boundaries[boundaries.index(step) + spec.get("keep_optimizer_last_k", 1)]
+
+
 def previous_segment_end(run: str, spec: dict, step: int) -> int:
     """The step a segment ending at `step` starts from (0 for the first)."""
     boundaries = segment_boundaries(spec["steps"], spec["segment_steps"])
@@ -442,6 +455,11 @@ def eval_result(run: str, step: int | str, task: str) -> str:
 def baseline_result(run: str, task: str) -> str:
     """A baseline of the run (an `ngram` eval): one per run, not per checkpoint."""
     return f"{run_dir(run)}/baselines/{task}.json"
+
+
+def retention_record(run: str, step: int | str) -> str:
+    """What dropping a checkpoint's optimizer state did (bytes before and after)."""
+    return f"{run_dir(run)}/retention/step-{step}.json"
 
 
 def launch_journal(run: str) -> str:

@@ -119,9 +119,24 @@ def test_eval_at_steps_must_be_segment_boundaries(config: dict, root: Path, step
         check_config(schema_valid(config), root=root)
 
 
+def test_unknown_eval_dtype_or_device_in_the_schema(config: dict) -> None:
+    config["evals"]["heldout"]["dtype"] = "float8"
+    with pytest.raises(
+        jsonschema.ValidationError, match="'float8' is not one of \\['float32', 'bfloat16'\\]"
+    ):
+        schema_valid(config)
+    config["evals"]["heldout"]["dtype"] = "bfloat16"
+    config["evals"]["heldout"]["device"] = "tpu"
+    with pytest.raises(jsonschema.ValidationError, match="'tpu' is not one of"):
+        schema_valid(config)
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
-    [("eval_every_segments", 0, "0 is less than the minimum of 1")],
+    [
+        ("eval_every_segments", 0, "0 is less than the minimum of 1"),
+        ("keep_optimizer_last_k", 0, "0 is less than the minimum of 1"),
+    ],
 )
 def test_cadence_and_retention_bounds_in_the_schema(config: dict, key, value, message) -> None:
     config["runs"]["tiny"][key] = value

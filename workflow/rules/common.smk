@@ -13,9 +13,12 @@ from lmrepro.workflow import (
     eval_steps,
     launch_journal,
     names_of_kind,
+    optimizer_dropped_steps,
+    optimizer_needed_until,
     previous_segment_end,
     raw_dir,
     report_files,
+    retention_record,
     run_data_mode,
     run_datasets,
     run_token_weights,
@@ -164,6 +167,34 @@ def all_segment_checkpoints(wildcards=None):
         checkpoint_dir(run, step)
         for run, settings in config["runs"].items()
         for step in segment_boundaries(settings["steps"], settings["segment_steps"])
+    ]
+
+
+def later_checkpoint(wildcards):
+    """The checkpoint keep_optimizer_last_k segments on: once it exists, no segment resumes from this one."""
+    settings = run_settings(wildcards.run)
+    return checkpoint_dir(
+        wildcards.run, optimizer_needed_until(settings, int(wildcards.step))
+    )
+
+
+def checkpoint_readers(wildcards):
+    """The evals of this checkpoint's step (an export is read by them, so it is done before them)."""
+    settings = run_settings(wildcards.run)
+    if int(wildcards.step) not in eval_steps(settings):
+        return []
+    return [
+        eval_result(wildcards.run, wildcards.step, task)
+        for task in run_evals(settings, "loss", "multiple_choice")
+    ]
+
+
+def all_retention_outputs(wildcards=None):
+    """Every segment checkpoint but the last keep_optimizer_last_k of each run made model-only."""
+    return [
+        retention_record(run, step)
+        for run, settings in config["runs"].items()
+        for step in optimizer_dropped_steps(settings)
     ]
 
 
