@@ -55,6 +55,7 @@ include: "workflow/rules/convert.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/retention.smk"
 include: "workflow/rules/report.smk"
 
 

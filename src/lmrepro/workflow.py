@@ -25,8 +25,42 @@ def segment_boundaries(steps: int, segment_steps: int) -> list[int]:
 
 
 def eval_steps(spec: dict) -> list[int]:
-    """Checkpoints of a run that are exported and evaluated: step 0 and every segment end."""
-    return [0, *segment_boundaries(spec["steps"], spec["segment_steps"])]
+    """Checkpoints of a run that are exported and evaluated, chosen independently of how it is cut into
+    segments: step 0 and every ``eval_every_segments``-th segment end (1 when neither key is set), the
+    steps of ``eval_at_steps`` (0 or segment ends), and always the last step."""
+    boundaries = segment_boundaries(spec["steps"], spec["segment_steps"])
+    every, at = spec.get("eval_every_segments"), spec.get("eval_at_steps")
+    if every is None and at is None:
+        every = 1
+    chosen = set(at or [])
+    if every is not None:
+        chosen |= {0, *boundaries[every - 1 :: every]}
+    return sorted(chosen | {spec["steps"]})
+
+
+def _check_eval_cadence(run: str, spec: dict) -> None:
+    """runs.<run>.eval_at_steps names step 0 or segment ends only (checkpoints exist only there)."""
+    boundaries = segment_boundaries(spec["steps"], spec["segment_steps"])
+    for step in spec.get("eval_at_steps", []):
+        if step != 0 and step not in boundaries:
+            shown = boundaries if len(boundaries) <= 12 else [*boundaries[:6], "...", *boundaries[-3:]]
+            raise ValueError(
+                f"runs.{run}.eval_at_steps: {step} is not a segment boundary; valid: 0 and the segment ends "
+                f"{shown} (multiples of segment_steps = {spec['segment_steps']}, and steps = {spec['steps']})"
+            )
+
+
+def optimizer_dropped_steps(spec: dict) -> list[int]:
+    """Segment ends whose checkpoints become model-only (lmrepro.checkpoint.retention): every one but the
+    last ``keep_optimizer_last_k``, each once the segment k later is complete and its readers are done."""
+    boundaries = segment_boundaries(spec["steps"], spec["segment_steps"])
+    return boundaries[: max(len(boundaries) - spec.get("keep_optimizer_last_k", 1), 0)]
+
+
+def optimizer_needed_until(spec: dict, step: int) -> int:
+    """The segment end after which checkpoint ``step`` no longer needs its optimizer state (k segments on)."""
+    boundaries = segment_boundaries(spec["steps"], spec["segment_steps"])
+    return boundaries[boundaries.index(step) + spec.get("keep_optimizer_last_k", 1)]
 
 
 def previous_segment_end(run: str, spec: dict, step: int) -> int:
@@ -108,6 +142,7 @@ def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int
             raise ValueError(
                 f"{where}.segment_steps = {spec['segment_steps']} exceeds {where}.steps = {spec['steps']}"
             )
+        _check_eval_cadence(run, spec)
         resolved = with_validation(spec, evals, run)
         try:
             fixed = run_fixed_values(run, resolved, root=root)
@@ -525,6 +560,11 @@ def eval_result(run: str, step: int | str, task: str) -> str:
 def baseline_result(run: str, task: str) -> str:
     """A baseline of the run (an `ngram` eval): one per run, not per checkpoint."""
     return f"{run_dir(run)}/baselines/{task}.json"
+
+
+def retention_record(run: str, step: int | str) -> str:
+    """What dropping a checkpoint's optimizer state did (bytes before and after)."""
+    return f"{run_dir(run)}/retention/step-{step}.json"
 
 
 def launch_journal(run: str) -> str:

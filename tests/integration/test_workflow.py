@@ -79,6 +79,15 @@ def test_pipeline_outputs(finished_workflow):
             mc = json.loads((results / f"runs/{run}/eval/step-{step}/mc.json").read_text())
             assert (loss["run"], loss["step"], loss["kind"]) == (run, step, "loss")
             assert mc["num_examples"] == 16 and 0.0 <= mc["metrics"]["acc"] <= 1.0
+        # retention (keep_optimizer_last_k = 1): only the last segment keeps its optimizer state
+        infos = {
+            s: json.loads((results / f"runs/{run}/checkpoints/step-{s}/meta.json").read_text())
+            for s in (10, 20)
+        }
+        assert "optimizer" not in infos[10]["contents"] and "optimizer_dropped" in infos[10]
+        assert "optimizer" in infos[20]["contents"]
+        freed = json.loads((results / f"runs/{run}/retention/step-10.json").read_text())
+        assert freed["dropped"] and freed["bytes_after"] < 0.5 * freed["bytes_before"]
         first = json.loads((results / f"runs/{run}/eval/step-0/heldout.json").read_text())["metrics"]["loss"]
         last = json.loads((results / f"runs/{run}/eval/step-20/heldout.json").read_text())["metrics"]["loss"]
         assert last < 0.8 * first  # it learned something in 20 steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -109,3 +110,62 @@ def test_causal_export_records_causal_attention(exported):
     _, out = exported
     params = json.loads((out / "params.json").read_text())
     assert (params["objective"], params["attention"]) == ("causal", "causal")
+
+
+def _meta_rule_ffn_dim(params: dict) -> int:
+    """Meta's reference FeedForward sizing (llama/model.py), as a reader of params.json applies it."""
+    hidden = int(2 * 4 * params["dim"] / 3)
+    if params.get("ffn_dim_multiplier") is not None:
+        hidden = int(params["ffn_dim_multiplier"] * hidden)
+    return params["multiple_of"] * ((hidden + params["multiple_of"] - 1) // params["multiple_of"])
+
+
+def test_params_json_sizes_the_ffn_by_meta_rule():
+    from lmrepro.model.flavors import FLAVORS, meta_ffn_sizing, params_json
+
+    assert meta_ffn_sizing(4096, 14336) == (1024, 1.3)  # Llama 3 8B, as published
+    assert meta_ffn_sizing(2048, 8192) == (256, 1.5)  # Llama 3.2 1B (not 4096 / 1.3, which also fits)
+    assert meta_ffn_sizing(4096, 11008) == (256, None)  # Llama 2 7B
+    assert meta_ffn_sizing(64, 128) == (128, 0.7)  # a shape of our own: a derived multiplier
+    for args in (FLAVORS["debug"], FLAVORS["2B"], FLAVORS["llama3.2-1B"]):
+        params = params_json(args)
+        assert _meta_rule_ffn_dim(params) == args.ffn_dim
+    params = params_json(dataclasses.replace(FLAVORS["debug"], dim=8192, n_heads=64, ffn_dim=12345))
+    assert "multiple_of" not in params and "ffn_dim_multiplier" not in params  # no pair gives 12345
+    assert params["ffn_dim"] == 12345
+
+
+def test_torchtune_meta_checkpointer_loads_the_export_with_our_logits(exported, tmp_path):
+    """frontier-torchtitan evaluates consolidated.pth with torchtune's FullModelMetaCheckpointer: built
+    from params.json by Meta's sizing rule, torchtune's Llama 3 gives our logits."""
+    pytest.importorskip("torchtune", reason="torchtune (the eval extra) is not installed")
+    from torchtune.models.llama3 import llama3
+    from torchtune.training import FullModelMetaCheckpointer
+
+    checkpoint, out = exported
+    params = json.loads((out / "params.json").read_text())
+    assert json.loads((out / "export.json").read_text())["meta_ffn_sizing"] is True
+    checkpointer = FullModelMetaCheckpointer(
+        checkpoint_dir=str(out),
+        checkpoint_files=["consolidated.pth"],
+        model_type="LLAMA3",
+        output_dir=str(tmp_path),
+    )
+    state = checkpointer.load_checkpoint()["model"]
+    tune = llama3(
+        vocab_size=params["vocab_size"],
+        num_layers=params["n_layers"],
+        num_heads=params["n_heads"],
+        num_kv_heads=params["n_kv_heads"],
+        embed_dim=params["dim"],
+        max_seq_len=params["max_seq_len"],
+        intermediate_dim=_meta_rule_ffn_dim(params),
+        norm_eps=params["norm_eps"],
+        rope_base=params["rope_theta"],
+    ).eval()
+    tune.load_state_dict(state, strict=True)
+    ours, _ = load_model(checkpoint)
+    ids = torch.randint(0, params["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        diff = (ours(ids) - tune(ids)).abs().max().item()
+    assert diff <= 1e-5

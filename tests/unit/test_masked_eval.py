@@ -13,7 +13,7 @@ from test_model import build, tiny_args
 
 from lmrepro.data.masking import HELDOUT_MASK_SEED, IGNORE_INDEX, MaskingConfig, mask_batch
 from lmrepro.data.shards import TokenStream
-from lmrepro.eval.loss import masked_heldout_loss
+from lmrepro.eval.loss import masked_heldout_loss, spread_window_starts
 
 SEQ = 16
 
@@ -35,7 +35,8 @@ def test_masked_eval_matches_a_hand_computation(stream: TokenStream) -> None:
     got = masked_heldout_loss(
         model, stream, seq_len=SEQ, max_tokens=10 * SEQ, masking=masking, batch_sequences=3
     )
-    windows = torch.stack([torch.from_numpy(stream.window(w * SEQ, SEQ)) for w in range(10)])
+    starts = spread_window_starts(len(stream), SEQ, 10 * SEQ, context=0)  # spread over the split
+    windows = torch.stack([torch.from_numpy(stream.window(s, SEQ)) for s in starts])
     inputs, labels = mask_batch(windows, list(range(10)), HELDOUT_MASK_SEED, masking)
     with torch.no_grad():
         logits = model(inputs).flatten(0, 1)

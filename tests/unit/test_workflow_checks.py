@@ -94,6 +94,56 @@ def test_eval_steps_and_previous_segment_end() -> None:
         previous_segment_end("r", spec, 4)
 
 
+def test_eval_cadence_is_independent_of_segments() -> None:
+    spec = {"steps": 100, "segment_steps": 10}
+    assert eval_steps({**spec, "eval_every_segments": 3}) == [0, 30, 60, 90, 100]  # the last step always
+    assert eval_steps({**spec, "eval_at_steps": [20, 50]}) == [20, 50, 100]
+    assert eval_steps({**spec, "eval_at_steps": [0, 70], "eval_every_segments": 5}) == [0, 50, 70, 100]
+    assert eval_steps({"steps": 95, "segment_steps": 10, "eval_every_segments": 4}) == [0, 40, 80, 95]
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        (
+            [0, 25],
+            r"runs.tiny.eval_at_steps: 25 is not a segment boundary; valid: 0 and the segment ends "
+            r"\[50, 100, 150, 200\]",
+        ),
+        ([200, 201], "201 is not a segment boundary"),
+    ],
+)
+def test_eval_at_steps_must_be_segment_boundaries(config: dict, root: Path, steps, message) -> None:
+    config["runs"]["tiny"]["eval_at_steps"] = steps
+    with pytest.raises(ValueError, match=message):
+        check_config(schema_valid(config), root=root)
+
+
+def test_unknown_eval_dtype_or_device_in_the_schema(config: dict) -> None:
+    config["evals"]["heldout"]["dtype"] = "float8"
+    with pytest.raises(
+        jsonschema.ValidationError, match="'float8' is not one of \\['float32', 'bfloat16'\\]"
+    ):
+        schema_valid(config)
+    config["evals"]["heldout"]["dtype"] = "bfloat16"
+    config["evals"]["heldout"]["device"] = "tpu"
+    with pytest.raises(jsonschema.ValidationError, match="'tpu' is not one of"):
+        schema_valid(config)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("eval_every_segments", 0, "0 is less than the minimum of 1"),
+        ("keep_optimizer_last_k", 0, "0 is less than the minimum of 1"),
+    ],
+)
+def test_cadence_and_retention_bounds_in_the_schema(config: dict, key, value, message) -> None:
+    config["runs"]["tiny"][key] = value
+    with pytest.raises(jsonschema.ValidationError, match=message):
+        schema_valid(config)
+
+
 def test_result_paths_match_the_rules_patterns() -> None:
     assert checkpoint_dir("tiny", 50) == "results/runs/tiny/checkpoints/step-50"
     assert eval_result("tiny", 0, "heldout") == "results/runs/tiny/eval/step-0/heldout.json"

@@ -15,12 +15,16 @@ from lmrepro.workflow import (
     eval_steps,
     launch_journal,
     names_of_kind,
+    optimizer_dropped_steps,
+    optimizer_needed_until,
     previous_segment_end,
     raw_dir,
     report_files,
+    retention_record,
     run_data_mode,
     run_datasets,
     run_token_weights,
+    segment_boundaries,
     shards_dir,
     tokenizer_file,
     train_shards_dir,
@@ -88,10 +92,21 @@ def run_validation_data(wildcards):
     return [shards_dir(v["dataset"], settings["tokenizer"], v["split"])]
 
 
+# Run keys that do not shape train.toml: what is sampled, evaluated, exported and kept of its checkpoints.
+NOT_RENDERED = (
+    "samples",
+    "eval_every_segments",
+    "eval_at_steps",
+    "keep_optimizer_last_k",
+)
+
+
 def render_settings(wildcards):
-    """Everything of config.yaml that shapes this run's train.toml (a change reruns the run); `samples`
-    only shapes the samples of its last checkpoint."""
-    settings = {k: v for k, v in run_settings(wildcards.run).items() if k != "samples"}
+    """Everything of config.yaml that shapes this run's train.toml (a change reruns the run); the keys of
+    NOT_RENDERED only choose what happens to its checkpoints."""
+    settings = {
+        k: v for k, v in run_settings(wildcards.run).items() if k not in NOT_RENDERED
+    }
     return json.dumps(settings, sort_keys=True)
 
 
@@ -165,10 +180,39 @@ def all_baseline_outputs(wildcards=None):
 
 
 def all_segment_checkpoints(wildcards=None):
+    """Every segment's checkpoint (its metrics.jsonl is the report's training curve), evaluated or not."""
     return [
         checkpoint_dir(run, step)
         for run, settings in config["runs"].items()
-        for step in eval_steps(settings)[1:]
+        for step in segment_boundaries(settings["steps"], settings["segment_steps"])
+    ]
+
+
+def later_checkpoint(wildcards):
+    """The checkpoint keep_optimizer_last_k segments on: once it exists, no segment resumes from this one."""
+    settings = run_settings(wildcards.run)
+    return checkpoint_dir(
+        wildcards.run, optimizer_needed_until(settings, int(wildcards.step))
+    )
+
+
+def checkpoint_readers(wildcards):
+    """The evals of this checkpoint's step (an export is read by them, so it is done before them)."""
+    settings = run_settings(wildcards.run)
+    if int(wildcards.step) not in eval_steps(settings):
+        return []
+    return [
+        eval_result(wildcards.run, wildcards.step, task)
+        for task in run_evals(settings, "loss", "multiple_choice")
+    ]
+
+
+def all_retention_outputs(wildcards=None):
+    """Every segment checkpoint but the last keep_optimizer_last_k of each run made model-only."""
+    return [
+        retention_record(run, step)
+        for run, settings in config["runs"].items()
+        for step in optimizer_dropped_steps(settings)
     ]
 
 

@@ -20,10 +20,13 @@ rule eval_loss:
         max_tokens=lookup(dpath="evals/{task}/max_tokens", within=config),
         pppl_tokens=lookup(dpath="evals/{task}/pseudo_perplexity_tokens", within=config),
         weights=token_weights_arg,
+        device=lookup(dpath="evals/{task}/device", within=config),
+        dtype=lookup(dpath="evals/{task}/dtype", within=config),
     shell:
         "python workflow/scripts/eval_loss.py --checkpoint {input.checkpoint:q} --shards {input.shards:q} "
         "--task {wildcards.task} --max-tokens {params.max_tokens} {params.weights} "
-        "--pseudo-perplexity-tokens {params.pppl_tokens} --out {output.result:q} > {log:q} 2>&1"
+        "--pseudo-perplexity-tokens {params.pppl_tokens} --device {params.device} --dtype {params.dtype} "
+        "--out {output.result:q} > {log:q} 2>&1"
 
 
 rule eval_multiple_choice:
@@ -44,10 +47,12 @@ rule eval_multiple_choice:
     params:
         file=lookup(dpath="evals/{task}/file", within=config),
         limit=mc_eval_limit,
+        device=lookup(dpath="evals/{task}/device", within=config),
+        dtype=lookup(dpath="evals/{task}/dtype", within=config),
     shell:
         "python workflow/scripts/eval_multiple_choice.py --export {input.export:q} "
-        "--jsonl {input.raw:q}/{params.file:q} --task {wildcards.task} {params.limit} --out {output.result:q} "
-        "> {log:q} 2>&1"
+        "--jsonl {input.raw:q}/{params.file:q} --task {wildcards.task} {params.limit} "
+        "--device {params.device} --dtype {params.dtype} --out {output.result:q} > {log:q} 2>&1"
 
 
 rule eval_ngram:

@@ -4,6 +4,7 @@ rule report:
         evals=all_eval_outputs,
         baselines=all_baseline_outputs,
         checkpoints=all_segment_checkpoints,
+        retention=all_retention_outputs,  # no checkpoint is swapped while the report reads its metrics
     output:
         summary=report(
             "results/report/summary.csv",

@@ -2,7 +2,7 @@
 
 import argparse
 
-from lmrepro.eval.results import evaluate_loss_task
+from lmrepro.eval.results import EVAL_DEVICES, EVAL_DTYPES, evaluate_loss_task
 from lmrepro.logs import run_main
 
 
@@ -11,13 +11,22 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--shards", required=True, help="folder of the held-out token shards")
     parser.add_argument("--task", required=True)
-    parser.add_argument("--max-tokens", type=int, required=True, help="evals.<task>.max_tokens")
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help="evals.<task>.max_tokens (absent: the whole split)"
+    )
     parser.add_argument(
         "--pseudo-perplexity-tokens", type=int, default=0, help="evals.<task>.pseudo_perplexity_tokens"
     )
     parser.add_argument(
         "--token-weights", help="the run's training.token_weights file: also the weighted loss"
     )
+    parser.add_argument(
+        "--device",
+        choices=EVAL_DEVICES,
+        default="auto",
+        help="evals.<task>.device (auto: the job's GPU if any)",
+    )
+    parser.add_argument("--dtype", choices=sorted(EVAL_DTYPES), default="float32", help="evals.<task>.dtype")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     evaluate_loss_task(
@@ -28,6 +37,8 @@ def main() -> None:
         args.out,
         pseudo_perplexity_tokens=args.pseudo_perplexity_tokens,
         token_weights=args.token_weights,
+        device=args.device,
+        dtype=args.dtype,
     )
 
 

@@ -15,7 +15,9 @@ def main() -> None:
     parser.add_argument("--shards", required=True, help="the held-out split's shard folder")
     parser.add_argument("--task", required=True)
     parser.add_argument("--n", type=int, required=True, help="evals.<task>.n")
-    parser.add_argument("--max-tokens", type=int, required=True, help="evals.<task>.max_tokens")
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help="evals.<task>.max_tokens (absent: the whole split)"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     job = load_job_config(args.config)

@@ -212,6 +212,12 @@ def load(
     """
     checksums.verify(path)
     info = read_checkpoint_info(path)
+    if optimizer is not None and "optimizer_dropped" in info:  # checkpoint/retention.py
+        raise ValueError(
+            f"{path}: its optimizer state was dropped (runs.<run>.keep_optimizer_last_k), so training cannot "
+            "resume from it with its AdamW moments; resume from a later segment, or raise "
+            "keep_optimizer_last_k and rerun from step-0"
+        )
     with_optimizer = optimizer is not None and "optimizer" in info["contents"]
     if with_optimizer:
         msd, osd = get_state_dict(model, optimizer)

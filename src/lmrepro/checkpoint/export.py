@@ -28,7 +28,7 @@ from lmrepro.checkpoint.dcp import (
 from lmrepro.checkpoint.hf import model_shapes, write_hf_folder
 from lmrepro.data.spike_tokenizer import load_any_tokenizer
 from lmrepro.io import atomic_folder, write_json
-from lmrepro.model.flavors import params_json
+from lmrepro.model.flavors import meta_ffn_sizing, params_json
 from lmrepro.model.hf_causal import HFCausalArgs
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,15 @@ def export_checkpoint(
         else:
             count = write_consolidated(checkpoint_dir, tmp, DTYPES[dtype])
             log.info("wrote consolidated.pth (%d tensors, %s)", count, dtype)
+            meta_ffn = meta_ffn_sizing(args.dim, args.ffn_dim)
+            if meta_ffn is None:
+                log.warning(
+                    "params.json: no (multiple_of, ffn_dim_multiplier) of Meta's rule gives ffn_dim = %d at "
+                    "dim = %d, so both are left out; readers that follow Meta's rule (torchtune's Meta "
+                    "checkpointer, Meta's reference code) would build the wrong FFN: read ffn_dim",
+                    args.ffn_dim,
+                    args.dim,
+                )
             if args.causal:
                 dcp_to_hf(checkpoint_dir, tmp / "hf", tokenizer_dir=tokenizer_dir, dtype=dtype, **ids)
                 log.info("wrote Hugging Face folder hf/")
@@ -194,6 +203,8 @@ def export_checkpoint(
             **objective_record(args, info),
             "hf": "hf" if getattr(args, "causal", True) else None,
         }
+        if not isinstance(args, HFCausalArgs):  # whether params.json sizes the FFN by Meta's rule too
+            record["meta_ffn_sizing"] = meta_ffn is not None
         write_json(tmp / "export.json", record)
     return record
 

@@ -7,6 +7,7 @@ import logging
 import math
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -17,14 +18,53 @@ from lmrepro.model.llama import Transformer
 log = logging.getLogger(__name__)
 
 
-def scored_windows(stream: TokenStream, *, seq_len: int, max_tokens: int) -> int:
-    """How many consecutive windows of seq_len targets a loss eval scores (the n-gram baseline too)."""
-    num_windows = min((len(stream) - 1) // seq_len, max(max_tokens // seq_len, 1))
-    if num_windows < 1:
+def spread_window_starts(
+    num_tokens: int, seq_len: int, max_tokens: int | None, *, multiple_of: int = 1, context: int = 1
+) -> list[int]:
+    """Start offsets of the scored windows of ``seq_len + context`` tokens, spread evenly over the stream.
+
+    ``max_tokens // seq_len`` windows (at least ``multiple_of``, a multiple of it), or every window the
+    stream holds when ``max_tokens`` is None or at least the split: then they are consecutive and cover it
+    all. The first starts at 0, the last ends at the stream's end; they never overlap. Every checkpoint of
+    a run (and in-loop validation, the n-gram baseline) scores the same windows.
+    """
+    available = (num_tokens - context) // seq_len
+    wanted = available if max_tokens is None else max(max_tokens // seq_len, multiple_of)
+    count = min(available, wanted) // multiple_of * multiple_of
+    if count < 1:
         raise ValueError(
-            f"{stream.index_path}: too few tokens ({len(stream)}) for one window of {seq_len + 1}"
+            f"the split has {num_tokens} tokens, too few for {multiple_of} window(s) of {seq_len + context}"
         )
-    return num_windows
+    if count == available:
+        return [w * seq_len for w in range(count)]
+    last_start = num_tokens - seq_len - context
+    return [int(x) for x in np.linspace(0, last_start, count).round()]
+
+
+def scored_windows(stream: TokenStream, *, seq_len: int, max_tokens: int | None) -> list[int]:
+    """The window starts a loss eval scores (seq_len + 1 tokens each: seq_len targets), its n-gram too."""
+    try:
+        return spread_window_starts(len(stream), seq_len, max_tokens)
+    except ValueError as e:
+        raise ValueError(f"{stream.index_path}: {e}") from None
+
+
+def scored_documents(stream: TokenStream, starts: list[int], seq_len: int, context: int = 1) -> int | None:
+    """How many documents have at least one scored target (targets: tokens [s + context, s + seq_len +
+    context) of each window), counted by their BOS; None when the stream has no BOS (spike rows)."""
+    if stream.bos_id is None:
+        return None
+    documents, seen_bos, last_doc, position = 0, 0, -2, 0  # doc -1: text before the first BOS
+    for start in starts:  # in order, never overlapping: one pass over the stream
+        first = start + context
+        seen_bos += int(np.count_nonzero(stream.window(position, first - position) == stream.bos_id))
+        targets = stream.window(first, seq_len)
+        doc_ids = seen_bos - 1 + np.cumsum(targets == stream.bos_id)  # -1: text before the first BOS
+        low, high = max(int(doc_ids[0]), last_doc + 1), int(doc_ids[-1])
+        documents += max(high - low + 1, 0)
+        last_doc = max(last_doc, high)
+        seen_bos, position = int(doc_ids[-1]) + 1, first + seq_len
+    return documents
 
 
 @torch.no_grad()
@@ -33,14 +73,15 @@ def heldout_loss(
     stream: TokenStream,
     *,
     seq_len: int,
-    max_tokens: int,
+    max_tokens: int | None,
     batch_sequences: int = 8,
     log_every_s: float = 10.0,
     token_weights: torch.Tensor | None = None,
 ) -> dict:
-    """Mean next-token loss over the first `max_tokens` targets of the stream, in order.
+    """Mean next-token loss over about `max_tokens` targets in windows spread evenly over the stream (all
+    of it when None or at least the split: :func:`spread_window_starts`).
 
-    Windows are consecutive and deterministic, so every checkpoint of a run is scored on the same tokens.
+    The windows are deterministic, so every checkpoint of a run is scored on the same tokens.
     With `token_weights` (the run's training.token_weights) also the weighted loss over the same targets:
     sum(w[target] · ce) / sum(w[target]) over all of them, the training loss's normalisation.
     """
@@ -48,7 +89,8 @@ def heldout_loss(
         raise ValueError(
             f"{stream.index_path}: vocab_size {stream.vocab_size} exceeds the model's {model.args.vocab_size}"
         )
-    num_windows = scored_windows(stream, seq_len=seq_len, max_tokens=max_tokens)
+    starts = scored_windows(stream, seq_len=seq_len, max_tokens=max_tokens)
+    num_windows = len(starts)
     device = next(model.parameters()).device
     total_loss, total_tokens = 0.0, 0
     weighted_loss, weight_sum = 0.0, 0.0
@@ -56,9 +98,8 @@ def heldout_loss(
     last_log = time.monotonic()
     for first in range(0, num_windows, batch_sequences):
         ids = range(first, min(first + batch_sequences, num_windows))
-        windows = torch.stack([torch.from_numpy(stream.window(w * seq_len, seq_len + 1)) for w in ids]).to(
-            device
-        )
+        windows = torch.stack([torch.from_numpy(stream.window(starts[w], seq_len + 1)) for w in ids])
+        windows = windows.to(device)
         logits = model(windows[:, :-1])
         targets = windows[:, 1:].flatten()
         if weights is None:
@@ -74,6 +115,7 @@ def heldout_loss(
             last_log = time.monotonic()
     mean = total_loss / total_tokens
     result = {"loss": mean, "perplexity": math.exp(mean), "num_tokens": total_tokens}
+    result |= {"num_windows": num_windows, "num_documents": scored_documents(stream, starts, seq_len)}
     if weights is not None:
         result["weighted_loss"] = weighted_loss / weight_sum if weight_sum > 0 else math.nan
     return result
@@ -85,11 +127,12 @@ def masked_heldout_loss(
     stream: TokenStream,
     *,
     seq_len: int,
-    max_tokens: int,
+    max_tokens: int | None,
     masking: MaskingConfig,
     batch_sequences: int = 8,
 ) -> dict:
-    """Masked-token loss and accuracy over the first windows of seq_len tokens of the stream, in order.
+    """Masked-token loss and accuracy over windows of seq_len tokens spread evenly over the stream (about
+    `max_tokens` of them, all when None or at least the split).
 
     Window w is masked as global sample w with HELDOUT_MASK_SEED, whatever the run's seed, so every
     checkpoint (and every run with the same masking settings) is scored on the same masked positions.
@@ -100,15 +143,17 @@ def masked_heldout_loss(
         raise ValueError(
             f"{stream.index_path}: vocab_size {stream.vocab_size} exceeds the model's {model.args.vocab_size}"
         )
-    num_windows = min(len(stream) // seq_len, max(max_tokens // seq_len, 1))
-    if num_windows < 1:
-        raise ValueError(f"{stream.index_path}: too few tokens ({len(stream)}) for one window of {seq_len}")
+    try:
+        starts = spread_window_starts(len(stream), seq_len, max_tokens, context=0)
+    except ValueError as e:
+        raise ValueError(f"{stream.index_path}: {e}") from None
+    num_windows = len(starts)
     device = next(model.parameters()).device
     total_loss, correct = 0.0, 0
     label_counts = torch.zeros(model.args.vocab_size, dtype=torch.int64)
     for first in range(0, num_windows, batch_sequences):
         ids = list(range(first, min(first + batch_sequences, num_windows)))
-        windows = torch.stack([torch.from_numpy(stream.window(w * seq_len, seq_len)) for w in ids])
+        windows = torch.stack([torch.from_numpy(stream.window(starts[w], seq_len)) for w in ids])
         inputs, labels = mask_batch(windows, ids, HELDOUT_MASK_SEED, masking)
         logits = model(inputs.to(device)).flatten(0, 1).float()
         flat = labels.flatten().to(device)
@@ -126,6 +171,8 @@ def masked_heldout_loss(
         "baseline_token_id": int(label_counts.argmax()),
         "num_tokens": num_masked,
         "num_input_tokens": num_windows * seq_len,
+        "num_windows": num_windows,
+        "num_documents": scored_documents(stream, starts, seq_len, context=0),
     }
 
 

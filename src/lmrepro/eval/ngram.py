@@ -119,3 +119,18 @@ def ngram_loss(model: NGramModel, tokens: np.ndarray, targets: slice) -> dict:
     nll = -model.log_probs(window)
     loss = float(nll.mean()) if len(nll) else math.nan
     return {"loss": loss, "perplexity": math.exp(loss), "num_tokens": len(nll)}
+
+
+def ngram_windows_loss(model: NGramModel, stream, starts: list[int], seq_len: int) -> dict:
+    """:func:`ngram_loss` over the targets [s + 1, s + seq_len] of each window start s of a token stream
+    (lmrepro.data.shards.TokenStream), each target given its n - 1 predecessors in the stream."""
+    total, count = 0.0, 0
+    for start in starts:
+        first = max(start + 1 - (model.n - 1), 0)
+        tokens = stream.window(first, start + seq_len + 1 - first)
+        part = ngram_loss(model, tokens, slice(start + 1 - first, None))
+        if part["num_tokens"]:
+            total += part["loss"] * part["num_tokens"]
+            count += part["num_tokens"]
+    loss = total / count if count else math.nan
+    return {"loss": loss, "perplexity": math.exp(loss), "num_tokens": count}

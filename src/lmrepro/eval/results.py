@@ -10,12 +10,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lmrepro.checkpoint.dcp import load_model
 from lmrepro.data.masking import HELDOUT_MASK_SEED, MaskingConfig
 from lmrepro.data.shards import TokenStream
 from lmrepro.eval.loss import heldout_loss, masked_heldout_loss, pseudo_perplexity, scored_windows
-from lmrepro.eval.ngram import fit_ngram, ngram_loss
+from lmrepro.eval.ngram import fit_ngram, ngram_windows_loss
 from lmrepro.io import read_json, write_json
 from lmrepro.model.losses import load_token_weights
 from lmrepro.provenance import provenance
@@ -23,27 +24,55 @@ from lmrepro.provenance import provenance
 log = logging.getLogger(__name__)
 
 
+EVAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+EVAL_DEVICES = ("auto", "cpu", "cuda")
+
+
 def write_result(out: str | Path, record: dict) -> None:
     write_json(out, record)
+
+
+def eval_device(device: str) -> str:
+    """evals.<task>.device: ``auto`` is the job's GPU when it has one, else the CPU."""
+    if device not in EVAL_DEVICES:
+        raise ValueError(f"eval device {device!r} is not valid; choose one of {list(EVAL_DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("evals.<task>.device = cuda, but this job sees no GPU (CUDA_VISIBLE_DEVICES?)")
+    return device
+
+
+def load_eval_model(checkpoint: str | Path, device: str, dtype: str):
+    """(our model on ``device`` with its weights in ``dtype``, meta.json); logits are scored in float32.
+    ``Module.bfloat16`` keeps the complex RoPE table (``Module.to(dtype)`` would cast it)."""
+    if dtype not in EVAL_DTYPES:
+        raise ValueError(f"eval dtype {dtype!r} is not valid; choose one of {sorted(EVAL_DTYPES)}")
+    model, info = load_model(checkpoint, device=device)
+    return (model.bfloat16() if dtype == "bfloat16" else model), info
 
 
 def evaluate_loss_task(
     checkpoint: str | Path,
     shards: str | Path,
     task: str,
-    max_tokens: int,
+    max_tokens: int | None,
     out: str | Path,
     pseudo_perplexity_tokens: int = 0,
     token_weights: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict:
     """Held-out loss of a DCP checkpoint on the token shards of a folder (`shards`): next-token loss (with
     the run's `token_weights` file also its weighted loss, metrics `weighted_loss` beside `loss`, per
     token), or for a masked LM its masked-token loss and accuracy (and the most-frequent-token baseline)."""
-    model, info = load_model(checkpoint)
+    device = eval_device(device)
+    model, info = load_eval_model(checkpoint, device, dtype)
     stream = TokenStream(shards)
+    numerics = {"device": device, "dtype": dtype}
     if info.get("objective") == "mlm":
         return _masked_loss_task(
-            model, info, stream, checkpoint, task, max_tokens, out, pseudo_perplexity_tokens
+            model, info, stream, checkpoint, task, max_tokens, out, pseudo_perplexity_tokens, numerics
         )
     weights = load_token_weights(token_weights, model.args.vocab_size) if token_weights else None
     metrics = heldout_loss(
@@ -59,7 +88,8 @@ def evaluate_loss_task(
         "task": task,
         "kind": "loss",
         "metrics": {k: metrics[k] for k in ("loss", "perplexity", "weighted_loss") if k in metrics},
-        "num_tokens": metrics["num_tokens"],
+        **scored_counts(metrics, max_tokens),
+        **numerics,
         "token_weights": str(token_weights) if token_weights else None,
         "source": str(checkpoint),
         "provenance": provenance(),
@@ -68,8 +98,15 @@ def evaluate_loss_task(
     return record
 
 
+def scored_counts(metrics: dict, max_tokens: int | None) -> dict:
+    """What a loss eval scored: targets, windows, documents (None: no BOS in the shards), and the
+    max_tokens asked for (None: the whole split)."""
+    keys = ("num_tokens", "num_windows", "num_documents")
+    return {**{k: metrics[k] for k in keys}, "max_tokens": max_tokens}
+
+
 def _masked_loss_task(
-    model, info: dict, stream: TokenStream, checkpoint, task: str, max_tokens: int, out, pppl_tokens: int
+    model, info: dict, stream: TokenStream, checkpoint, task: str, max_tokens, out, pppl_tokens, numerics
 ):
     masking = MaskingConfig(
         vocab_size=model.args.vocab_size,
@@ -94,7 +131,8 @@ def _masked_loss_task(
         "objective": "mlm",
         "metrics": {k: m[k] for k in ("loss", "accuracy", "baseline_accuracy")} | pppl["metrics"],
         **pppl["counts"],
-        "num_tokens": m["num_tokens"],  # masked positions scored
+        **scored_counts(m, max_tokens),  # num_tokens: masked positions scored
+        **numerics,
         "num_input_tokens": m["num_input_tokens"],
         "baseline_token_id": m["baseline_token_id"],
         "masking": {**info["mlm"], "seed": HELDOUT_MASK_SEED},
@@ -118,14 +156,25 @@ def _pseudo_perplexity(model, stream, seq_len: int, masking, num_tokens: int) ->
 
 
 def evaluate_multiple_choice_task(
-    export_dir: str | Path, jsonl: str | Path, task: str, out: str | Path, limit: int | None = None
+    export_dir: str | Path,
+    jsonl: str | Path,
+    task: str,
+    out: str | Path,
+    limit: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict:
     from lmrepro.eval.harness import evaluate_multiple_choice
 
     info = read_json(Path(export_dir) / "export.json")
     # The task YAML is kept next to the JSON so that record["lm_eval"]["command"] reruns it with the CLI.
     task_dir = Path(out).parent / f"{Path(out).stem}.lm_eval_task"
-    result = evaluate_multiple_choice(Path(export_dir) / "hf", task, jsonl, limit=limit, task_dir=task_dir)
+    if dtype not in EVAL_DTYPES:
+        raise ValueError(f"eval dtype {dtype!r} is not valid; choose one of {sorted(EVAL_DTYPES)}")
+    device = eval_device(device)
+    result = evaluate_multiple_choice(
+        Path(export_dir) / "hf", task, jsonl, limit=limit, task_dir=task_dir, device=device, dtype=dtype
+    )
     log.info("%s step %d: %s", task, info["step"], result["metrics"])
     record = {
         "run": info.get("run"),
@@ -135,6 +184,8 @@ def evaluate_multiple_choice_task(
         "kind": "multiple_choice",
         "metrics": result["metrics"],
         "num_examples": result["num_examples"],
+        "device": device,
+        "dtype": dtype,
         "lm_eval_version": result.get("lm_eval_version"),
         "lm_eval": result.get("lm_eval"),  # settings + the `lm_eval` command line that reproduces it
         "source": str(export_dir),
@@ -151,18 +202,18 @@ def evaluate_ngram_task(
     task: str,
     *,
     n: int,
-    max_tokens: int,
+    max_tokens: int | None,
     seq_len: int,
     out: str | Path,
 ) -> dict:
     """The n-gram baseline of a run: fitted on its training shards, scored in nats per token on the same
-    targets of `shards` that the run's loss eval scores (the first windows of seq_len, max_tokens)."""
+    targets of `shards` that the run's loss eval scores (its windows of seq_len, spread evenly)."""
     streams = [TokenStream(folder) for folder in train_shards]
     vocab_size = max(s.vocab_size for s in streams)
     model = fit_ngram([np.asarray(s.window(0, len(s))) for s in streams], n, vocab_size)
     heldout = TokenStream(shards)
-    num_windows = scored_windows(heldout, seq_len=seq_len, max_tokens=max_tokens)
-    metrics = ngram_loss(model, heldout.window(0, num_windows * seq_len + 1), slice(1, None))
+    starts = scored_windows(heldout, seq_len=seq_len, max_tokens=max_tokens)
+    metrics = ngram_windows_loss(model, heldout, starts, seq_len)
     per_million = model.fit_seconds / max(model.num_tokens, 1) * 1e6
     log.info(
         "%s (%d-gram, %d training tokens, fit %.2f s = %.3f s per million tokens): %.4f nats/token on %d",
@@ -175,6 +226,8 @@ def evaluate_ngram_task(
         "n": n,
         "metrics": {"loss": metrics["loss"], "perplexity": metrics["perplexity"]},
         "num_tokens": metrics["num_tokens"],
+        "num_windows": len(starts),
+        "max_tokens": max_tokens,
         "train_tokens": model.num_tokens,
         "distinct_ngrams": int(len(model.gram_keys)),
         "fit_seconds": model.fit_seconds,

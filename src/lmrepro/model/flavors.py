@@ -112,14 +112,61 @@ def meta_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None = 
     return multiple_of * math.ceil(hidden / multiple_of)
 
 
+# Meta's published (multiple_of, ffn_dim_multiplier) by (dim, FFN width), preferred where several pairs
+# give the width: Llama 3.2 1B and 3B, Llama 3.x 8B, 70B and 405B, Llama 2 7B and 13B.
+PUBLISHED_FFN_SIZING: dict[tuple[int, int], tuple[int, float | None]] = {
+    (2048, 8192): (256, 1.5),
+    (3072, 8192): (256, 1.0),
+    (4096, 14336): (1024, 1.3),
+    (8192, 28672): (4096, 1.3),
+    (16384, 53248): (4096, 1.2),
+    (4096, 11008): (256, None),
+    (5120, 13824): (256, None),
+}
+
+
+def meta_ffn_sizing(dim: int, ffn_dim: int) -> tuple[int, float | None] | None:
+    """(multiple_of, ffn_dim_multiplier) with which :func:`meta_ffn_dim` gives ``ffn_dim`` (what Meta's
+    reference code and torchtune's Meta reader build), or None when no such pair is found.
+
+    Meta's published pair of a released shape first; then the largest power-of-two multiple_of without a
+    multiplier; then the largest multiplier of the fewest decimals (up to 4) with the largest multiple_of.
+    """
+    if (dim, ffn_dim) in PUBLISHED_FFN_SIZING:
+        return PUBLISHED_FFN_SIZING[(dim, ffn_dim)]
+    powers = [1 << k for k in range(12, -1, -1)]  # 4096 … 1
+    for multiple_of in powers:
+        if meta_ffn_dim(dim, multiple_of) == ffn_dim:
+            return multiple_of, None
+    base = int(2 * 4 * dim / 3)
+    for decimals in range(1, 5):
+        scale = 10**decimals
+        for multiple_of in (m for m in powers if ffn_dim % m == 0):
+            # int(multiplier * base) must land in (ffn_dim - multiple_of, ffn_dim]
+            # (the largest such multiplier: the closest to ffn_dim / base, as Meta's are)
+            first = math.ceil((ffn_dim - multiple_of + 1) / base * scale)
+            for k in range(math.floor((ffn_dim + 1) / base * scale), max(first, 1) - 1, -1):
+                if meta_ffn_dim(dim, multiple_of, k / scale) == ffn_dim:
+                    return multiple_of, k / scale
+    return None
+
+
 def params_json(args: ModelArgs) -> dict[str, Any]:
     """The ``params.json`` written next to a ``consolidated.pth``.
 
-    Meta's reference code reads the first block of keys; it has no ``ffn_dim`` field, but since we also
-    omit ``multiple_of``/``ffn_dim_multiplier`` it would fall back to its defaults, so readers should use
-    :func:`args_from_params_json`, which trusts our explicit ``ffn_dim``.
+    Meta's reference code (and torchtune's ``FullModelMetaCheckpointer`` readers) size the FFN from
+    ``multiple_of``/``ffn_dim_multiplier``: they are written whenever a pair reproduces ``ffn_dim``
+    (:func:`meta_ffn_sizing`), and left out otherwise (such a reader would then build the wrong FFN; our
+    :func:`args_from_params_json` trusts the explicit ``ffn_dim`` either way).
     """
     scaling = args.rope_scaling
+    sizing = meta_ffn_sizing(args.dim, args.ffn_dim)
+    meta_ffn = {}
+    if sizing is not None:
+        multiple_of, multiplier = sizing
+        meta_ffn = {"multiple_of": multiple_of} | (
+            {"ffn_dim_multiplier": multiplier} if multiplier is not None else {}
+        )
     return {
         # Meta's keys.
         "dim": args.dim,
@@ -130,6 +177,7 @@ def params_json(args: ModelArgs) -> dict[str, Any]:
         "norm_eps": args.norm_eps,
         "rope_theta": args.rope_theta,
         "use_scaled_rope": scaling is not None,
+        **meta_ffn,
         # Ours: exact values that Meta's format leaves implicit.
         "ffn_dim": args.ffn_dim,
         "tie_embeddings": args.tie_embeddings,

@@ -20,19 +20,16 @@ import torch.distributed as dist
 
 from lmrepro.config import ValidationConfig
 from lmrepro.data.shards import TokenStream
+from lmrepro.eval.loss import spread_window_starts
 
 
 def window_starts(num_tokens: int, seq_len: int, max_tokens: int, dp_size: int) -> list[int]:
-    """Start offsets of the scored windows of seq_len + 1 tokens, evenly spread over the stream."""
-    available = (num_tokens - 1) // seq_len
-    wanted = max(max_tokens // seq_len, dp_size)
-    count = min(available, wanted) // dp_size * dp_size
-    if count < 1:
-        raise ValueError(
-            f"validation: the split has {num_tokens} tokens, too few for {dp_size} window(s) of {seq_len + 1}"
-        )
-    last_start = num_tokens - seq_len - 1
-    return [int(x) for x in np.linspace(0, last_start, count).round()]
+    """Start offsets of the scored windows of seq_len + 1 tokens, evenly spread over the stream (the loss
+    evals' own choice, eval/loss.py, in a multiple of the data-parallel size)."""
+    try:
+        return spread_window_starts(num_tokens, seq_len, max_tokens, multiple_of=dp_size)
+    except ValueError as e:
+        raise ValueError(f"validation: {e}") from None
 
 
 class Validator:
