@@ -11,6 +11,7 @@ from typing import Any
 from lmrepro.config import check_weights, render_job_config
 from lmrepro.data.shards import INDEX_FILE
 from lmrepro.data.sources import local_input_paths
+from lmrepro.data.synthetic_wikitext import SPLITS as WIKITEXT_SPLITS
 
 
 def segment_boundaries(steps: int, segment_steps: int) -> list[int]:
@@ -79,6 +80,8 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
             )
         spikes = dataset_kind(source) == "spikes"
         synthetic_splits = ("train", "test") if spikes else ("train", "heldout", "mc")
+        if source.get("layout") == "wikitext":
+            synthetic_splits = WIKITEXT_SPLITS
         if source["source"] == "synthetic" and wanted not in synthetic_splits:
             named = ", ".join(synthetic_splits[:-1]) + f" and {synthetic_splits[-1]}"
             raise ValueError(
