@@ -434,12 +434,17 @@ def report_dir() -> str:
     return f"{RESULTS}/report"
 
 
-REPORT_PLOTS = ("loss", "learning_rate", "throughput", "eval_accuracy")
+# lmrepro.report.plots.PLOT_NAMES (not imported: the Snakefile would load matplotlib at parse time).
+REPORT_PLOTS = ("loss", "perplexity", "learning_rate", "throughput", "memory", "eval_accuracy", "mixture")
 
 
 def report_files() -> list[str]:
-    """The report's declared outputs: summary.csv and one PNG per plot (an SVG beside each)."""
-    return [f"{report_dir()}/summary.csv", *(f"{report_dir()}/{name}.png" for name in REPORT_PLOTS)]
+    """The report's declared outputs: summary.csv, summary.html and one PNG per plot (an SVG beside each)."""
+    return [
+        f"{report_dir()}/summary.csv",
+        f"{report_dir()}/summary.html",
+        *(f"{report_dir()}/{name}.png" for name in REPORT_PLOTS),
+    ]
 
 
 def names_of_kind(specs: dict[str, dict], *kinds: str) -> str:
