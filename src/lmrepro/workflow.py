@@ -113,6 +113,13 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
             _check_validation(run, job)
         if job.training.objective == "mlm":
             _check_mlm_run(run, spec, job, config, root)
+        if "text_samples" in spec and (
+            job.training.objective != "causal" or tokenizer_reads(tokenizers[spec["tokenizer"]]) == "spikes"
+        ):
+            raise ValueError(
+                f"{where}.text_samples: text samples continue prompts with a causal text model's export; "
+                "remove text_samples from a masked-LM or spike run (spike runs: runs.<run>.samples)"
+            )
         if job.model.hf.enabled:
             _check_hf_model(run, spec, job, root)
         if "init" in spec:
@@ -434,15 +441,22 @@ def report_dir() -> str:
     return f"{RESULTS}/report"
 
 
+def text_samples_result(run: str) -> str:
+    """A causal run's text samples (runs.<run>.text_samples): every exported step in one JSON."""
+    return f"{run_dir(run)}/text_samples.json"
+
+
 # lmrepro.report.plots.PLOT_NAMES (not imported: the Snakefile would load matplotlib at parse time).
 REPORT_PLOTS = ("loss", "perplexity", "learning_rate", "throughput", "memory", "eval_accuracy", "mixture")
 
 
 def report_files() -> list[str]:
-    """The report's declared outputs: summary.csv, summary.html and one PNG per plot (an SVG beside each)."""
+    """The report's declared outputs: summary.csv, summary.html, text_samples.html and one PNG per plot (an
+    SVG beside each)."""
     return [
         f"{report_dir()}/summary.csv",
         f"{report_dir()}/summary.html",
+        f"{report_dir()}/text_samples.html",
         *(f"{report_dir()}/{name}.png" for name in REPORT_PLOTS),
     ]
 

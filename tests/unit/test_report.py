@@ -152,7 +152,7 @@ def test_write_report_files_and_csv(inputs, tmp_path: Path) -> None:
     metrics_by_run, evals = inputs
     out = tmp_path / "report"
     written = write_report(metrics_by_run, evals, out)
-    expected = {"summary.csv", "summary.html"} | {
+    expected = {"summary.csv", "summary.html", "text_samples.html"} | {
         f"{name}.{ext}" for name in PLOT_NAMES for ext in ("png", "svg")
     }
     assert set(written) == expected

@@ -1,9 +1,29 @@
+rule sample_text:
+    """Text samples of a causal run (runs.<run>.text_samples): its prompts continued greedily and by seeded
+    sampling with the hf/ export of every evaluated step."""
+    input:
+        exports=text_sample_exports,
+    output:
+        samples="results/runs/{run}/text_samples.json",
+    log:
+        "results/logs/sample_text/{run}.log",
+    conda:
+        LMREPRO_ENV
+    params:
+        settings=text_samples_settings,
+    shell:
+        "python workflow/scripts/sample_text.py --exports {input.exports} --settings {params.settings} "
+        "--out {output.samples} > {log} 2>&1"
+
+
 rule report:
-    """Plots (PNG + SVG), summary.csv and summary.html over every run's metrics and evaluations."""
+    """Plots (PNG + SVG), summary.csv, summary.html and text_samples.html over every run's metrics,
+    evaluations and text samples."""
     input:
         evals=all_eval_outputs,
         baselines=all_baseline_outputs,
         checkpoints=all_segment_checkpoints,
+        text_samples=all_text_sample_outputs,
     output:
         summary="results/report/summary.csv",
         summary_table=report(
@@ -46,11 +66,16 @@ rule report:
             caption="../report/mixture.rst",
             category="Training",
         ),
+        text_samples=report(
+            "results/report/text_samples.html",
+            caption="../report/text_samples.rst",
+            category="Samples",
+        ),
     log:
         "results/logs/report.log",
     conda:
         LMREPRO_ENV
     shell:
         "python workflow/scripts/report.py --evals {input.evals} --baselines {input.baselines} "
-        "--checkpoints {input.checkpoints} "
+        "--checkpoints {input.checkpoints} --text-samples {input.text_samples} "
         "--out $(dirname {output.summary}) > {log} 2>&1"

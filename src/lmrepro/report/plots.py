@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from lmrepro.report.summary import MIXTURE_PREFIX, load_baselines, load_evals, load_metrics, summary_table
-from lmrepro.report.tables import write_html_table
+from lmrepro.report.tables import write_html_table, write_text_samples_html
 
 PLOT_NAMES = ("loss", "perplexity", "learning_rate", "throughput", "memory", "eval_accuracy", "mixture")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -403,9 +403,10 @@ def write_report(
     *,
     chance: float | None = 0.25,
     baseline_paths: Sequence[Path] = (),
+    text_sample_paths: Sequence[Path] = (),
 ) -> dict[str, Path]:
-    """Write ``summary.csv`` (as a table: ``summary.html``) and the figures of PLOT_NAMES (PNG + SVG) into
-    ``out_dir``; return {file name: path}."""
+    """Write ``summary.csv`` (as a table: ``summary.html``), ``text_samples.html`` and the figures of
+    PLOT_NAMES (PNG + SVG) into ``out_dir``; return {file name: path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_df = load_metrics(metrics_by_run)
@@ -418,6 +419,8 @@ def write_report(
     written[summary.name] = summary
     page = write_html_table(table, out_dir / "summary.html", "One row per evaluated checkpoint")
     written[page.name] = page
+    samples = write_text_samples_html(text_sample_paths, out_dir / "text_samples.html")
+    written[samples.name] = samples
     paths = [
         *plot_loss(metrics_df, evals_df, out_dir / "loss", baselines_df),
         *plot_perplexity(metrics_df, evals_df, out_dir / "perplexity"),
