@@ -14,6 +14,7 @@ from lmrepro.data.peek import peek_data_file
 from lmrepro.data.readers import file_format
 from lmrepro.data.shards import INDEX_FILE
 from lmrepro.data.sources import local_input_paths, select_local_files
+from lmrepro.data.synthetic_wikitext import SPLITS as WIKITEXT_SPLITS
 
 
 def segment_boundaries(steps: int, segment_steps: int) -> list[int]:
@@ -121,6 +122,8 @@ def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int
             )
         spikes = dataset_kind(source) == "spikes"
         synthetic_splits = ("train", "test") if spikes else ("train", "heldout", "mc")
+        if source.get("layout") == "wikitext":
+            synthetic_splits = WIKITEXT_SPLITS
         if source["source"] == "synthetic" and wanted not in synthetic_splits:
             named = ", ".join(synthetic_splits[:-1]) + f" and {synthetic_splits[-1]}"
             raise ValueError(
@@ -154,6 +157,13 @@ def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int
             _check_validation(run, job)
         if job.training.objective == "mlm":
             _check_mlm_run(run, spec, job, config, root)
+        if "text_samples" in spec and (
+            job.training.objective != "causal" or tokenizer_reads(tokenizers[spec["tokenizer"]]) == "spikes"
+        ):
+            raise ValueError(
+                f"{where}.text_samples: text samples continue prompts with a causal text model's export; "
+                "remove text_samples from a masked-LM or spike run (spike runs: runs.<run>.samples)"
+            )
         if job.model.hf.enabled:
             _check_hf_model(run, spec, job, root)
         _check_run_layout(run, job, world_size, root)
@@ -576,12 +586,24 @@ def report_dir() -> str:
     return f"{RESULTS}/report"
 
 
-REPORT_PLOTS = ("loss", "learning_rate", "throughput", "eval_accuracy")
+def text_samples_result(run: str) -> str:
+    """A causal run's text samples (runs.<run>.text_samples): every exported step in one JSON."""
+    return f"{run_dir(run)}/text_samples.json"
+
+
+# lmrepro.report.plots.PLOT_NAMES (not imported: the Snakefile would load matplotlib at parse time).
+REPORT_PLOTS = ("loss", "perplexity", "learning_rate", "throughput", "memory", "eval_accuracy", "mixture")
 
 
 def report_files() -> list[str]:
-    """The report's declared outputs: summary.csv and one PNG per plot (an SVG beside each)."""
-    return [f"{report_dir()}/summary.csv", *(f"{report_dir()}/{name}.png" for name in REPORT_PLOTS)]
+    """The report's declared outputs: summary.csv, summary.html, text_samples.html and one PNG per plot (an
+    SVG beside each)."""
+    return [
+        f"{report_dir()}/summary.csv",
+        f"{report_dir()}/summary.html",
+        f"{report_dir()}/text_samples.html",
+        *(f"{report_dir()}/{name}.png" for name in REPORT_PLOTS),
+    ]
 
 
 def names_of_kind(specs: dict[str, dict], *kinds: str) -> str:

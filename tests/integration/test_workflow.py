@@ -61,6 +61,7 @@ def finished_workflow(tmp_path_factory):
         checkpoint={"interval_steps": 5},
         metrics={"log_every_steps": 1},
     )
+    experiment["runs"]["a"]["text_samples"] = {"prompts": ["the owl", "once there was"], "max_new_tokens": 6}
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(experiment))
     result = snakemake(workdir, "all")
     assert result.returncode == 0, result.stderr[-5000:]
@@ -91,10 +92,19 @@ def test_pipeline_outputs(finished_workflow):
         first = json.loads((results / f"runs/{run}/eval/step-0/heldout.json").read_text())["metrics"]["loss"]
         last = json.loads((results / f"runs/{run}/eval/step-20/heldout.json").read_text())["metrics"]["loss"]
         assert last < 0.8 * first  # it learned something in 20 steps
-    for name in ("summary.csv", "loss.png", "learning_rate.png", "throughput.png", "eval_accuracy.png"):
+    plots = ("loss", "perplexity", "learning_rate", "throughput", "memory", "eval_accuracy", "mixture")
+    for name in ("summary.csv", "summary.html", "text_samples.html", *(f"{p}.png" for p in plots)):
         assert (results / "report" / name).stat().st_size > 0
     summary = (results / "report" / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 2 * 3  # header + (2 runs × 3 evaluated steps)
+    # Text samples of run a (only it asks for them) at every exported step, greedy and sampled, in the report.
+    samples = json.loads((results / "runs/a/text_samples.json").read_text())
+    assert [s["step"] for s in samples["steps"]] == [0, 10, 20]
+    assert all([x["prompt"] for x in s["samples"]] == ["the owl", "once there was"] for s in samples["steps"])
+    assert all(x["greedy"] and x["sampled"] for s in samples["steps"] for x in s["samples"])
+    assert not (results / "runs/b/text_samples.json").exists()
+    page = (results / "report" / "text_samples.html").read_text()
+    assert page.count("once there was") == 3 and samples["steps"][-1]["samples"][0]["greedy"].strip() in page
     # Segment metrics are complete: every step of the run logged once, across both segments.
     steps = []
     for step in (10, 20):

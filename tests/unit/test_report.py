@@ -152,7 +152,9 @@ def test_write_report_files_and_csv(inputs, tmp_path: Path) -> None:
     metrics_by_run, evals = inputs
     out = tmp_path / "report"
     written = write_report(metrics_by_run, evals, out)
-    expected = {"summary.csv"} | {f"{name}.{ext}" for name in PLOT_NAMES for ext in ("png", "svg")}
+    expected = {"summary.csv", "summary.html", "text_samples.html"} | {
+        f"{name}.{ext}" for name in PLOT_NAMES for ext in ("png", "svg")
+    }
     assert set(written) == expected
     for name, path in written.items():
         assert path == out / name and path.stat().st_size > 0
@@ -235,3 +237,75 @@ def test_baselines_are_columns_beside_the_loss_and_lines_in_the_loss_plot(tmp_pa
     assert summary[0].endswith("test/loss,trigram/loss")
     assert summary[1].endswith("5.0,1.5") and summary[2].endswith("1.0,1.5")
     assert "r: trigram (3-gram) 1.500" in written["loss.svg"].read_text()
+
+
+def _drawn(monkeypatch) -> list:
+    """Capture the figure each plot function would save: [(panel title, {label: y values})]."""
+    import lmrepro.report.plots as plots
+
+    figures: list = []
+
+    def ydata(handle) -> list:  # a line, or an errorbar's container (its data line first)
+        return list(getattr(handle, "lines", [handle])[0].get_ydata())
+
+    def keep(fig, out):
+        figures.append(
+            [
+                (
+                    ax.get_title(),
+                    {label: ydata(h) for h, label in zip(*ax.get_legend_handles_labels(), strict=True)},
+                )
+                for ax in fig.axes
+            ]
+        )
+        return []
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_mixture_shares_validation_and_flops_are_loaded_and_drawn(tmp_path, monkeypatch) -> None:
+    from lmrepro.report.plots import plot_mixture, plot_perplexity, plot_throughput
+
+    rows = [
+        _row(s, 3.0, **{"mixture/web": w, "mixture/code": 1 - w, "tflops_per_device": 0.5, "val_loss": v})
+        for s, w, v in ((2, 0.5, 2.0), (4, 0.75, 1.0))
+    ]
+    metrics = load_metrics(
+        {"mix": [_jsonl(tmp_path / "m.jsonl", rows)], "b": [_jsonl(tmp_path / "b.jsonl", [_row(2, 3.0)])]}
+    )
+    assert list(metrics.columns[-2:]) == ["mixture/code", "mixture/web"]
+    evals = load_evals(
+        [_eval(tmp_path, "mix", s, "val", "loss", {"loss": x}) for s, x in ((0, 3.0), (4, 1.5))]
+    )
+    figures = _drawn(monkeypatch)
+    plot_mixture(metrics, tmp_path / "mixture")
+    plot_perplexity(metrics, evals, tmp_path / "perplexity")
+    plot_throughput(metrics, tmp_path / "throughput")
+    (mixture,), (perplexity,), throughput = figures
+    assert mixture == ("mix", {"web": [0.5, 0.75], "code": [0.5, 0.25]})  # only the mixture run has a panel
+    assert perplexity[1]["mix: val"] == pytest.approx([math.exp(3.0), math.exp(1.5)])
+    assert perplexity[1]["mix: in-loop validation"] == pytest.approx([math.exp(2.0), math.exp(1.0)])
+    assert throughput[1][0].startswith("Model TFLOP/s") and throughput[1][1]["mix"] == [0.5, 0.5]
+    with_mfu = metrics.assign(mfu=0.25)
+    plot_throughput(with_mfu, tmp_path / "throughput")
+    assert figures[-1][1][0] == "Model FLOP utilisation" and figures[-1][1][1]["mix"] == [25.0, 25.0]
+
+
+def test_acc_and_acc_norm_each_get_a_panel_against_tokens(inputs, tmp_path, monkeypatch) -> None:
+    _, evals = inputs
+    figures = _drawn(monkeypatch)
+    plot_eval_accuracy(load_evals(evals), tmp_path / "acc")
+    (panels,) = figures
+    assert [title for title, _ in panels] == ["acc", "acc_norm"]
+    acc = panels[0][1]
+    assert acc["a: synthetic_mc"] == pytest.approx([0.25, 0.35, 0.45]) and "chance (0.25)" in acc
+    assert panels[1][1]["b: synthetic_mc"] == [0.3, 0.3, 0.3]
+
+
+def test_summary_html_is_the_summary_table(inputs, tmp_path) -> None:
+    metrics_by_run, evals = inputs
+    written = write_report(metrics_by_run, evals, tmp_path / "r")
+    page = written["summary.html"].read_text()
+    assert "<th>synthetic_mc/acc_norm</th>" in page and page.count("<tr>") == 1 + 6
+    assert "<td>4.25</td>" in page  # run a, step 10: the train loss of the second segment

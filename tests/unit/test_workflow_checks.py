@@ -357,6 +357,7 @@ def mlm_run(cfg: dict, **mlm) -> dict:
     cfg = copy.deepcopy(cfg)
     run = cfg["runs"]["tiny"]
     run["evals"] = ["heldout"]
+    run.pop("text_samples", None)  # causal runs only
     run["overrides"]["model"] = {"overrides": {"causal": False}}
     run["overrides"]["training"].update(objective="mlm", mlm={"mask_token": "<|pad|>", **mlm})
     return schema_valid(cfg)
@@ -365,6 +366,23 @@ def mlm_run(cfg: dict, **mlm) -> dict:
 def test_mlm_run_passes(config: dict, root: Path) -> None:
     check_config(mlm_run(config), root)
     check_config(mlm_run(config, mask_token=2, replacement="80_10_10", never_mask_tokens=[]), root)
+
+
+def test_text_samples_need_a_causal_text_run(config: dict, root: Path) -> None:
+    cfg = mlm_run(config)
+    cfg["runs"]["tiny"]["text_samples"] = {"prompts": ["the owl"]}
+    with pytest.raises(ValueError, match=r"runs\.tiny\.text_samples: text samples continue prompts"):
+        check_config(schema_valid(cfg), root)
+
+
+def test_wikitext_layout_has_validation_and_test_splits(config: dict, root: Path) -> None:
+    config["datasets"]["synthetic"] = {"source": "synthetic", "layout": "wikitext"}
+    config["evals"] = {"heldout": {"kind": "loss", "dataset": "synthetic", "split": "heldout"}}
+    config["runs"]["tiny"]["evals"] = ["heldout"]
+    with pytest.raises(ValueError, match="synthetic datasets have train, validation and test, not 'heldout'"):
+        check_config(schema_valid(config), root=root)
+    config["evals"]["heldout"]["split"] = "validation"
+    check_config(schema_valid(config), root=root)
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from lmrepro.workflow import (
     run_token_weights,
     segment_boundaries,
     shards_dir,
+    text_samples_result,
     tokenizer_file,
     train_shards_dir,
     with_validation,
@@ -321,4 +322,28 @@ def all_sample_outputs(wildcards=None):
         f"results/report/samples/{run}-step-{settings['steps']}.png"
         for run, settings in config["runs"].items()
         if "samples" in settings
+    ]
+
+
+def text_sample_exports(wildcards):
+    """The exports of every evaluated step of the run, which its text samples continue prompts with."""
+    settings = run_settings(wildcards.run)
+    return [
+        f"results/runs/{wildcards.run}/export/step-{step}"
+        for step in eval_steps(settings)
+    ]
+
+
+def text_samples_settings(wildcards):
+    return shlex.quote(
+        json.dumps(run_settings(wildcards.run)["text_samples"], sort_keys=True)
+    )
+
+
+def all_text_sample_outputs(wildcards=None):
+    """The text samples of every run with `text_samples`."""
+    return [
+        text_samples_result(run)
+        for run, settings in config["runs"].items()
+        if "text_samples" in settings
     ]

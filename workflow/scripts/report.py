@@ -1,4 +1,5 @@
-"""Plots (PNG + SVG) and summary.csv from the segment checkpoints' metrics and the eval JSONs."""
+"""Plots (PNG + SVG), summary.csv/.html and text_samples.html from the segment checkpoints' metrics, the eval
+JSONs and the runs' text samples."""
 
 import argparse
 import json
@@ -19,6 +20,9 @@ def main() -> None:
     parser.add_argument(
         "--checkpoints", nargs="*", default=[], help="segment checkpoints (hold metrics.jsonl)"
     )
+    parser.add_argument(
+        "--text-samples", nargs="*", default=[], help="text samples (results/runs/*/text_samples.json)"
+    )
     parser.add_argument("--out", required=True, help="results/report")
     args = parser.parse_args()
     metrics_by_run: dict[str, list[Path]] = {}
@@ -31,6 +35,7 @@ def main() -> None:
             [Path(p) for p in args.evals],
             Path(args.out),
             baseline_paths=[Path(p) for p in args.baselines],
+            text_sample_paths=[Path(p) for p in args.text_samples],
         ).items()
     ):
         print(f"wrote {name}: {path}")

@@ -5,7 +5,8 @@ for local data that is not copied) and the text field, plus provenance (source, 
 sizes, sha256). Sources:
 
 * ``synthetic`` — generated ``{train,heldout,mc}.jsonl`` (``kind: spikes``: the Neural Pile stand-in,
-  ``{train,test}.parquet``);
+  ``{train,test}.parquet``; ``layout: wikitext``: the WikiText-2 stand-in, ``{train,validation,test}.parquet``
+  with a ``text`` column, ``lmrepro.data.synthetic_wikitext``);
 * ``local`` — a split given as one JSONL file is copied to ``raw/<split>.jsonl``; folders and globs of
   JSONL/Parquet/Arrow/text files are read in place (a cluster file system holds them already);
 * ``hub`` — ``huggingface_hub.snapshot_download`` into the Hugging Face cache (``HF_HUB_CACHE``; parallel,
@@ -30,7 +31,7 @@ import re
 import shutil
 from pathlib import Path
 
-from lmrepro.data import synthetic_spikes
+from lmrepro.data import synthetic_spikes, synthetic_wikitext
 from lmrepro.data.readers import FORMATS, LAB_COLUMN, file_format, lab_counts
 from lmrepro.data.spikes import SpikeRows
 from lmrepro.data.synthetic import generate_corpus
@@ -63,6 +64,16 @@ def _prepare(spec: dict, tmp: Path, name: str, max_workers: int) -> dict:
         )
         files = {Path(f).name: Path(f) for f in paths.values()}
         manifest = {"source": "synthetic", "files": _hash_files(files, max_workers)}
+        manifest["splits"] = {split: {"files": [Path(f).name]} for split, f in paths.items()}
+    elif source == "synthetic" and spec.get("layout") == "wikitext":
+        paths = synthetic_wikitext.write(
+            tmp,
+            seed=spec.get("seed", 1234),
+            num_train_articles=spec.get("num_train_documents", 200),
+            num_heldout_articles=spec.get("num_heldout_documents", 20),
+        )
+        files = {Path(f).name: Path(f) for f in paths.values()}
+        manifest = {"source": "synthetic", "layout": "wikitext", "files": _hash_files(files, max_workers)}
         manifest["splits"] = {split: {"files": [Path(f).name]} for split, f in paths.items()}
     elif source == "synthetic":
         manifest = generate_corpus(

@@ -27,10 +27,15 @@ METRIC_COLUMNS = (
     "grad_norm",
     "tokens_per_s",
     "tokens_per_s_per_device",
+    "tflops_per_device",
     "mfu",
     "peak_memory_gib",
     "data_wait_s",
+    "val_loss",
+    "val_tokens",
 )
+# The realised token share of each mixture source, one column per source (data/prefetch.py's metrics()).
+MIXTURE_PREFIX = "mixture/"
 EVAL_COLUMNS = ("run", "step", "tokens_seen", "task", "kind", "metric", "value")
 _EVAL_REQUIRED = ("run", "step", "task", "kind", "metrics")
 # Runs given as a bare list of files (no mapping) are labelled with this name.
@@ -67,17 +72,21 @@ def load_metrics(metrics: Mapping[str, Iterable[str | Path]] | Iterable[str | Pa
     """Training metrics of every run: columns ``run`` + METRIC_COLUMNS, one row per (run, step), sorted.
 
     ``metrics`` maps a run name to its metrics files in segment order; a bare iterable of files is one run
-    named DEFAULT_RUN. Keys a row does not have are NaN; keys outside METRIC_COLUMNS are dropped.
+    named DEFAULT_RUN. Keys a row does not have are NaN; a mixture's ``mixture/<source>`` shares are kept as
+    columns after METRIC_COLUMNS (sorted); other keys are dropped.
     """
     by_run = dict(metrics) if isinstance(metrics, Mapping) else {DEFAULT_RUN: metrics}
     records = []
+    shares: set[str] = set()
     for run, paths in by_run.items():
         for path in paths:
             for row in _read_jsonl(Path(path)):
                 record: dict[str, Any] = {"run": str(run)}
                 record.update({key: _number(row.get(key)) for key in METRIC_COLUMNS})
-                records.append(record)
-    df = pd.DataFrame.from_records(records, columns=["run", *METRIC_COLUMNS])
+                mixture = {k: _number(v) for k, v in row.items() if k.startswith(MIXTURE_PREFIX)}
+                shares.update(mixture)
+                records.append({**record, **mixture})
+    df = pd.DataFrame.from_records(records, columns=["run", *METRIC_COLUMNS, *sorted(shares)])
     df = df.drop_duplicates(subset=["run", "step"], keep="last")
     df["step"] = df["step"].astype("int64")
     return df.sort_values(["run", "step"], kind="stable").reset_index(drop=True)

@@ -1,11 +1,14 @@
-"""Training metrics: throughput, MFU, memory, the non-finite guard; written to metrics.jsonl, TensorBoard and
-the log."""
+"""Training metrics: throughput, MFU, memory, the non-finite guard; written to metrics.jsonl, TensorBoard,
+the log and, when the environment asks for it (``WANDB_API_KEY`` set, or ``WANDB_MODE=offline``), Weights &
+Biases."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -93,15 +96,54 @@ def finite_weights(model: torch.nn.Module) -> bool:
     return bool(flags)
 
 
-class MetricsWriter:
-    """Rank 0 appends one JSON row per logged step; other ranks write nothing."""
+def wandb_requested(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the environment asks for Weights & Biases: an API key, or offline mode (no account needed)."""
+    return bool(environ.get("WANDB_API_KEY")) or environ.get("WANDB_MODE") == "offline"
 
-    def __init__(self, state_dir: Path, enabled: bool, tensorboard: bool, tags: dict):
+
+def open_wandb(run: str, config: dict, tags: dict):
+    """A W&B run for this segment's metrics, or None (not requested, or wandb not installed: a warning says
+    how to install it). One W&B run per lmrepro run and config (id = run + config sha256), resumed by every
+    segment; project from ``WANDB_PROJECT`` (default lmrepro), files under ``WANDB_DIR`` as wandb does."""
+    if not wandb_requested():
+        return None
+    try:
+        import wandb
+    except ImportError:
+        log.warning(
+            "WANDB_API_KEY or WANDB_MODE=offline is set but wandb is not installed "
+            "(pip install 'lmrepro[wandb]'); metrics go to metrics.jsonl and TensorBoard only"
+        )
+        return None
+    return wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "lmrepro"),
+        id=f"{run}-{tags.get('config_sha256', '')[:12]}".rstrip("-"),
+        name=run,
+        resume="allow",
+        config=config,
+        tags=[run],
+    )
+
+
+class MetricsWriter:
+    """Rank 0 appends one JSON row per logged step (and logs it to TensorBoard and W&B where enabled); other
+    ranks write nothing."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        enabled: bool,
+        tensorboard: bool,
+        tags: dict,
+        run: str = "run",
+        config: dict | None = None,
+    ):
         self.enabled = enabled
         self.tags = tags
         self.path = state_dir / "metrics.jsonl"
         self.rows: list[dict] = []
         self._tb = None
+        self._wandb = open_wandb(run, config or {}, tags) if enabled else None
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -117,10 +159,16 @@ class MetricsWriter:
         self.rows.append(row)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        scalars = {
+            f"train/{key}": value
+            for key, value in row.items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and key != "step"
+        }
         if self._tb is not None:
-            for key, value in row.items():
-                if isinstance(value, int | float) and key != "step":
-                    self._tb.add_scalar(f"train/{key}", value, row["step"])
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, row["step"])
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=row["step"])
         mfu = f" mfu {row['mfu']:.1%}" if row.get("mfu") is not None else ""
         log.info(
             "step %d  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tokens/s/device%s  mem %.2f GiB  "
@@ -138,6 +186,8 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def segment_rows(path: Path, origin: str, first_step: int, last_step: int) -> list[dict]:

@@ -403,6 +403,8 @@ class Trainer:
             enabled=self.rank == 0,
             tensorboard=job.metrics.tensorboard,
             tags={"origin": self.checkpointer.origin, "config_sha256": self.checkpointer.config_sha},
+            run=job.run,
+            config=to_dict(job),
         )
         self.describe()
         window_start, window_tokens = time.perf_counter(), 0
