@@ -11,6 +11,7 @@ from typing import Any
 from lmrepro.config import check_weights, render_job_config
 from lmrepro.data.shards import INDEX_FILE
 from lmrepro.data.sources import local_input_paths
+from lmrepro.run_layout import run_layout
 
 
 def segment_boundaries(steps: int, segment_steps: int) -> list[int]:
@@ -86,6 +87,8 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
             )
     bases = config.get("bases", {})
     base_args = {name: _check_base(name, spec, root) for name, spec in bases.items()}
+    check_init_chains(config["runs"])
+    jobs: dict[str, Any] = {}
     for run, spec in config["runs"].items():
         where = f"runs.{run}"
         _check_run_data(run, spec, datasets)
@@ -106,13 +109,16 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
             job = render_job_config(root / spec["preset"], spec.get("overrides", {}), fixed)
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"{where}: {e}") from None
+        jobs[run] = job
+        if "layout" in spec:
+            check_run_layout(run, spec, job)
         if "validation" in spec:
             _check_validation(run, job)
         if job.training.objective == "mlm":
             _check_mlm_run(run, spec, job, config, root)
         if job.model.hf.enabled:
             _check_hf_model(run, spec, job, root)
-        if "init" in spec:
+        if "init" in spec and init_run(spec) is None:
             _require(bases, spec["init"], f"{where}.init", "base")
             transformers_base = bases[spec["init"]]["format"] == "transformers"
             if transformers_base != job.model.hf.enabled:
@@ -128,6 +134,24 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
                 _check_run_transformers_base(run, spec, job, config, root)
             else:
                 _check_run_base(run, spec, job, config, base_args[spec["init"]])
+    for run in config["runs"]:
+        if (chain := init_run_step(config["runs"], run)) is not None:
+            check_same_model(run, jobs[run], chain[0], jobs[chain[0]], config["runs"])
+
+
+def check_run_layout(run: str, spec: dict, job: Any) -> tuple[Any, Any]:
+    """The run's parallel degrees and batch fit its layout's world size (nodes × processes per node);
+    returns (RunLayout, the trainer's planned Layout)."""
+    from lmrepro.train.layout import plan_layout
+
+    layout = run_layout(spec, run)
+    try:
+        return layout, plan_layout(job, layout.world_size)
+    except ValueError as e:
+        raise ValueError(
+            f"runs.{run}.layout ({layout.nodes} nodes × {layout.processes_per_node} processes = "
+            f"{layout.world_size} ranks): {e}"
+        ) from None
 
 
 def _check_hf_model(run: str, spec: dict, job: Any, root: Path) -> None:
@@ -521,3 +545,73 @@ def _check_run_data(run: str, spec: dict, datasets: dict) -> None:
     for name in spec["mixture"]:
         _require(datasets, name, f"{where}.mixture.{name}", "dataset")
     check_weights(spec["mixture"], f"{where}.mixture")
+
+
+# ------------------------------------------------------------------------------------- init chains
+# `runs.<run>.init: {run: <name>, step: <N> | last}` starts a run from another run's segment checkpoint
+# (model weights only; optimizer, data order and schedule fresh), as gpt-neuro's per-lab fine-tunes start
+# from a primate run; the rule init_checkpoint takes that checkpoint as its input, so Snakemake orders the
+# jobs. Checked at parse time: the run and step exist, the model is the same, and no chain is a cycle.
+
+
+def init_run(spec: dict) -> dict | None:
+    """The {run, step} a run starts from, or None (a base name or a seeded random init)."""
+    init = spec.get("init")
+    return init if isinstance(init, dict) else None
+
+
+def init_run_step(runs: dict[str, dict], run: str) -> tuple[str, int] | None:
+    """(source run, its step) of a run's init chain, `last` resolved; None without one. Raises naming
+    the key when the source run or the step does not exist."""
+    chain = init_run(runs[run])
+    if chain is None:
+        return None
+    where = f"runs.{run}.init"
+    source = chain["run"]
+    if source not in runs or source == run:
+        valid = sorted(r for r in runs if r != run)
+        raise ValueError(f"{where}.run = {source!r} is not another run of this experiment; valid: {valid}")
+    ends = segment_boundaries(runs[source]["steps"], runs[source]["segment_steps"])
+    step = ends[-1] if chain["step"] == "last" else chain["step"]
+    if step not in ends:
+        raise ValueError(
+            f"{where}.step = {chain['step']!r} is not a segment end of run {source}; valid: {ends} or last"
+        )
+    return source, step
+
+
+def check_init_chains(runs: dict[str, dict]) -> None:
+    """Every init chain names an existing run and step, and no run starts (through others) from itself."""
+    sources = {run: step[0] for run in runs if (step := init_run_step(runs, run)) is not None}
+    for run in sources:
+        seen = [run]
+        while seen[-1] in sources:
+            nxt = sources[seen[-1]]
+            if nxt in seen:
+                cycle = " -> ".join([*seen[seen.index(nxt) :], nxt])
+                raise ValueError(f"runs.{run}.init: the init chain is a cycle: {cycle}")
+            seen.append(nxt)
+
+
+def check_same_model(run: str, job: Any, source: str, source_job: Any, runs: dict[str, dict]) -> None:
+    """The fine-tune has its source's model (architecture and tokenizer): its weights load strictly."""
+    where = f"runs.{run}.init"
+    if runs[run]["tokenizer"] != runs[source]["tokenizer"]:
+        raise ValueError(
+            f"{where}: run {source} uses tokenizer {runs[source]['tokenizer']!r}, this run "
+            f"{runs[run]['tokenizer']!r}; a run started from another run's checkpoint keeps its tokenizer"
+        )
+    ours, theirs = _model_shape(job), _model_shape(source_job)
+    if ours != theirs:
+        diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        raise ValueError(
+            f"{where}: the model differs from run {source}'s in {diff}; a run started from another run's "
+            "checkpoint keeps its architecture (set model.flavor / model.overrides alike)"
+        )
+
+
+def _model_shape(job: Any) -> dict:
+    """The rendered model section that decides the weights (max_seq_len only sizes the RoPE table)."""
+    model = job.model
+    overrides = {k: v for k, v in model.overrides.items() if k != "max_seq_len"}
+    return {"flavor": model.flavor, "overrides": overrides, "hf": str(model.hf)}

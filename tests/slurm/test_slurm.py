@@ -26,6 +26,7 @@ import torch
 import yaml
 from helpers import REPO, copy_workflow
 from slurm_helpers import (
+    experiment,
     repo_train_resources,
     run_snakemake,
     sacct,
@@ -204,8 +205,19 @@ def sbatch_line(resources: dict[str, str], threads: int) -> str:
 
 
 def test_sbatch_resources_of_a_64_node_4_gpu_experiment(tmp_path):
+    """The run's layout (runs.<run>.layout) is its train jobs' resources; the profiles add site settings."""
     workdir = copy_workflow(tmp_path / "big")
-    write_experiment(workdir, 20)
+    config = experiment(20)
+    config["runs"]["a"]["layout"] = {
+        "nodes": 64,
+        "gpus_per_node": 4,
+        "cpus_per_task": 32,
+        "mem_mb": 200000,
+        "runtime_min": 360,
+    }
+    overrides = config["runs"]["a"].setdefault("overrides", {})
+    overrides.setdefault("training", {})["global_batch_tokens"] = 256 * 32  # one sequence per rank
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     site = workdir / "profiles" / "site64"
     site.mkdir()
     profile = {
@@ -215,7 +227,6 @@ def test_sbatch_resources_of_a_64_node_4_gpu_experiment(tmp_path):
             "runtime": 60,
             "mem_mb": 8000,
         },
-        "set-resources": {"train_segment": {**repo_train_resources(), "nodes": 64, "tasks": 64}},
     }
     (site / "config.yaml").write_text(yaml.safe_dump(profile))
     result = run_snakemake(

@@ -3,6 +3,7 @@
 import json
 
 from lmrepro.data.sources import local_input_paths
+from lmrepro.run_layout import job_resources, run_layout, train_resources
 from lmrepro.slurm import launch_prefix
 from lmrepro.workflow import (
     baseline_result,
@@ -11,6 +12,7 @@ from lmrepro.workflow import (
     checkpoint_dir,
     eval_result,
     eval_steps,
+    init_run_step,
     launch_journal,
     names_of_kind,
     previous_segment_end,
@@ -211,8 +213,12 @@ def tokenizer_spec(wildcards):
 
 
 def run_init_base(wildcards):
-    """The base a run starts from (runs.<run>.init): its DCP conversion, or a `transformers` folder read in
-    place by from_pretrained; none means a seeded random init."""
+    """What a run starts from (runs.<run>.init): another run's segment checkpoint, a base's DCP
+    conversion, or a `transformers` folder read in place by from_pretrained; none means a seeded random init.
+    """
+    chain = init_run_step(config["runs"], wildcards.run)
+    if chain:
+        return [checkpoint_dir(*chain)]
     base = run_settings(wildcards.run).get("init")
     if base and config["bases"][base]["format"] == "transformers":
         return [config["bases"][base]["path"]]
@@ -220,7 +226,36 @@ def run_init_base(wildcards):
 
 
 def init_base_arg(wildcards, input):
-    return f"--base {input.base}" if input.base else ""
+    if not input.base:
+        return ""
+    chain = init_run_step(config["runs"], wildcards.run)
+    return f"--{'from-run' if chain else 'base'} {input.base}"
+
+
+def run_layout_of(wildcards):
+    return run_layout(config["runs"][wildcards.run], wildcards.run)
+
+
+def train_resource(name):
+    """A train_segment resource from the run's layout (lmrepro.run_layout.train_resources)."""
+
+    def of_run(wildcards):
+        return train_resources(run_layout_of(wildcards))[name]
+
+    return of_run
+
+
+def train_threads(wildcards):
+    return run_layout_of(wildcards).cpus_per_task
+
+
+def job_resource(job, name):
+    """An eval (`job` "eval") or export job's resource from the run's layout (lmrepro.run_layout)."""
+
+    def of_run(wildcards):
+        return job_resources(getattr(run_layout_of(wildcards), job))[name]
+
+    return of_run
 
 
 def run_weights(wildcards):

@@ -18,7 +18,12 @@ from pathlib import Path
 import torch
 
 from lmrepro.checkpoint.convert import CONVERSION, VOCAB_KEYS
-from lmrepro.checkpoint.dcp import checkpoint_model_args, model_tensor_specs, read_model_tensors
+from lmrepro.checkpoint.dcp import (
+    check_model_tensors,
+    checkpoint_model_args,
+    model_tensor_specs,
+    read_model_tensors,
+)
 from lmrepro.checkpoint.hf import model_shapes
 from lmrepro.model.hf_causal import HFCausalLM
 from lmrepro.model.llama import ModelArgs, Transformer
@@ -134,3 +139,23 @@ def _resize_rows(dest: torch.Tensor, rows: torch.Tensor) -> dict:
     else:
         action = f"the base's last {rows.shape[0] - n} rows dropped"
     return {"from": list(rows.shape), "to": list(dest.shape), "action": action}
+
+
+def init_from_run_checkpoint(model: Transformer | HFCausalLM, checkpoint_dir: str | Path) -> dict:
+    """Overwrite a model in place with another run's segment checkpoint's model weights (an init chain,
+    runs.<run>.init = {run, step}), strictly: the same architecture and every tensor with its shape, nothing
+    left at the random init. Returns the record that step-0 stores as ``init.json``."""
+    checkpoint_dir = Path(checkpoint_dir)
+    source_args, info = checkpoint_model_args(checkpoint_dir)
+    if isinstance(model.args, ModelArgs):
+        check_base_shape(model.args, source_args, str(checkpoint_dir))
+    specs = model_tensor_specs(checkpoint_dir)
+    check_model_tensors(specs, model.args, checkpoint_dir)
+    dests = {key: value for key, value in model.state_dict().items() if key in specs}  # shares storage
+    read_model_tensors(checkpoint_dir, dests)
+    return {
+        "run_checkpoint": str(checkpoint_dir),
+        "base_checkpoint_id": info.get("checkpoint_id"),
+        "step": info.get("step"),
+        "loaded": sorted(dests),
+    }
