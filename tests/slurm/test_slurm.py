@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from helpers import REPO, copy_workflow
+from helpers import REPO, copy_workflow, planned_job, sbatch_line
 from slurm_helpers import (
     experiment,
     repo_train_resources,
@@ -166,42 +166,6 @@ def test_losses_and_weights_equal_a_one_node_two_process_run(pipeline, reference
 
 
 # ---- 64 nodes × 4 GPUs: the resources Snakemake computes, the sbatch line the plugin makes of them ----
-
-
-def planned_job(output: str, rule: str) -> tuple[dict[str, str], str]:
-    """(resources, shell command) of the first `rule` job a dry run (-n, printshellcmds) plans."""
-    block = re.search(rf"^rule {rule}:\n(.*?)^Shell command: (.*?)$", output, flags=re.M | re.S)
-    assert block, output[-4000:]
-    line = re.search(r"^\s+resources: (.*)$", block.group(1), flags=re.M).group(1)
-    resources = dict(item.split("=", 1) for item in line.split(", "))
-    return resources, block.group(2)
-
-
-class PlannedResources(dict):
-    """A dry run's resources with attribute access, as the plugin reads `job.resources`."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError as exc:
-            raise AttributeError(name) from exc
-
-
-def sbatch_line(resources: dict[str, str], threads: int) -> str:
-    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
-    from snakemake_executor_plugin_slurm.utils import set_gres_string
-
-    typed = PlannedResources({k: int(v) if v.isdigit() else v for k, v in resources.items()})
-    job = SimpleNamespace(resources=typed, threads=threads)
-    params = {
-        "run_uuid": "RUN",
-        "slurm_logfile": "LOG",
-        "comment_str": "rule_train_segment",
-        "account": f" -A {typed['slurm_account']}",
-        "partition": f" -p {typed['slurm_partition']}",
-        "workdir": "WORKDIR",
-    }
-    return get_submit_command(job, params) + set_gres_string(job)
 
 
 def test_sbatch_resources_of_a_64_node_4_gpu_experiment(tmp_path):

@@ -3,10 +3,12 @@
 A run started from a base must describe the same architecture in its own config, so that the run's
 train.toml stays the one record of its model and the trainer never consults the base: every
 :class:`ModelArgs` field must match except ``vocab_size`` (the base's ``vocab`` policy decides),
-``max_seq_len`` (only the length of the RoPE table) and ``causal`` (a deliberate choice to train
-bidirectionally). A mismatch is an error naming ``model.<field>``, never a partial load. The check runs
-at parse time (:func:`lmrepro.workflow.check_config`, from the base's config file) and again here, against
-the converted checkpoint.
+``max_seq_len`` (only the length of the RoPE table), ``causal`` (a deliberate choice to train
+bidirectionally) and ``rope_theta`` (RoPE's base frequency is no weight: Llemma 7B trains its Code Llama
+base, released with 1e6, at the 10,000 of its YAML). A mismatch is an error naming ``model.<field>``,
+never a partial load. The check runs at parse time (:func:`lmrepro.workflow.check_config`, from the base's
+config file) and again here, against the converted checkpoint. Another run's checkpoint (an init chain,
+:func:`init_from_run_checkpoint`) loads strictly: every tensor, nothing left at the random init.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from lmrepro.model.llama import ModelArgs, Transformer
 
 INIT_RECORD = "init.json"
 # ModelArgs fields a run may set differently from its base (see the module docstring).
-FREE_FIELDS = ("vocab_size", "max_seq_len", "causal")
+FREE_FIELDS = ("vocab_size", "max_seq_len", "causal", "rope_theta")
 
 
 def check_base_shape(run_args: ModelArgs, base_args: ModelArgs, base: str) -> None:
