@@ -94,8 +94,10 @@ def load_experiment(paths: list[str | Path]) -> dict[str, Any]:
         update_config(config, yaml.safe_load(Path(path).read_text()))
     try:
         validate(config, str(SCHEMA), set_default=True)
-    except Exception as e:  # snakemake's WorkflowError: the schema's message names the key
-        raise ValueError(f"{', '.join(map(str, paths))}: {e}") from None
+    except Exception as e:  # snakemake's WorkflowError; its ValidationError line names the key
+        lines = [line for line in str(e).splitlines() if line.startswith("ValidationError: ")] or [str(e)]
+        message = lines[0].removeprefix("ValidationError: ")
+        raise ValueError(f"{', '.join(map(str, paths))}: {message}") from None
     return config
 
 
