@@ -1,7 +1,7 @@
 """Two seed presets dry-run through profiles/slurm: a run's layout is its jobs' submission.
 
 frontier-torchtitan needs site files at parse time; they are faked minimally with their real formats: the
-Llama-3.1-8B `params.json` (written by lmrepro's own params_json, the format Meta ships), an empty
+`params.json` Meta ships with Llama-3.1-8B's `original/` weights (its published content), an empty
 `consolidated.00.pth` and `tokenizer.model` (parse time reads neither, it checks that they exist) and a
 one-row Arrow file for Stack-v2. The
 dry-runs target one segment each, not `all` (500 segments), to stay fast.
@@ -9,7 +9,6 @@ dry-runs target one segment each, not `all` (500 segments), to stay fast.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +16,19 @@ import pyarrow as pa
 from helpers import copy_workflow, planned_job, sbatch_line
 from test_workflow import snakemake
 
-from lmrepro.model.flavors import FLAVORS, params_json
+# meta-llama/Llama-3.1-8B original/params.json
+LLAMA_31_8B_PARAMS = {
+    "dim": 4096,
+    "ffn_dim_multiplier": 1.3,
+    "multiple_of": 1024,
+    "n_heads": 32,
+    "n_kv_heads": 8,
+    "n_layers": 32,
+    "norm_eps": 1e-05,
+    "rope_theta": 500000.0,
+    "use_scaled_rope": True,
+    "vocab_size": 128256,
+}
 
 
 def dry_run(workdir: Path, experiment: str, *targets: str):
@@ -40,8 +51,7 @@ def dry_run(workdir: Path, experiment: str, *targets: str):
 def fake_frontier_site_files(workdir: Path) -> None:
     base = workdir / "models" / "Llama-3.1-8B" / "original"
     base.mkdir(parents=True)
-    args = dataclasses.replace(FLAVORS["llama3.1-8B"], vocab_size=128256)
-    (base / "params.json").write_text(json.dumps(params_json(args)))
+    (base / "params.json").write_text(json.dumps(LLAMA_31_8B_PARAMS))
     (base / "consolidated.00.pth").write_bytes(b"")
     (base / "tokenizer.model").write_text("")
     stack = workdir / "data" / "stack-v2-smol"
