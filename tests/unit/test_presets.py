@@ -80,6 +80,7 @@ SEEDS = {
     "gpt-neuro-arch:rodent-870M": (4194304, 8192, 16, 1, 30000, 1000, tt(3e-4), 8, 4, (1, 32, 1)),
     "gpt-neuro-arch:rodent-2B": (4194304, 8192, 16, 1, 30000, 1000, tt(3e-4), 8, 4, (1, 32, 1)),
     "gpt-neuro-arch:rodent-7B": (8388608, 8192, 16, 1, 30000, 1000, tt(3e-4), 16, 4, (1, 64, 1)),
+    "gpt-neuro-arch:rodent-2B-longer": (4194304, 8192, 16, 1, 60000, 2000, tt(3e-4), 8, 4, (1, 32, 1)),
     # gpt-neuro-arch train_configs/finetune_individual_*
     "gpt-neuro-arch:primate-2B-willett": (4194304, 8192, 16, 1, 1600, 160, tt(3e-5), 8, 4, (1, 32, 1)),
     # gpt-neuro train_configs/primate_8b_131k.toml (Frontier: 64 nodes × 8 GCDs)
