@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The seeds' full-size presets (config/experiments/<name>.yaml): their bases, tokenizers or data are site
+# files (or their DAG has thousands of jobs), so tests/unit/test_presets.py checks their plans against the
+# seeds and tests/integration/test_presets_dryrun.py dry-runs two of them; every other experiment (the tiny
+# twins) is dry-run whole by test_experiments.py.
+FULL_SIZE_PRESETS = {
+    "gpt-neuro-arch",
+    "gpt-neuro-8b-131k",
+    "llm-pytorch",
+    "llemma",
+    "training-custom-llama",
+    "torchtitan-mlm",
+    "frontier-torchtitan",
+}
 
 
 def copy_workflow(workdir: Path) -> Path:
@@ -119,3 +135,43 @@ def write_tiny_hf_config(folder: Path, model_type: str, **overrides) -> Path:
     config = transformers.AutoConfig.for_model(model_type, **{**TINY_HF_CONFIGS[model_type], **overrides})
     config.save_pretrained(folder)
     return folder
+
+
+# ---- a dry run's planned jobs and the sbatch line the SLURM executor plugin makes of them ----
+
+
+def planned_job(output: str, rule: str, wildcards: str = "") -> tuple[dict[str, str], str]:
+    """(resources, shell command) of the first `rule` job a dry run (-n, printshellcmds) plans, of those
+    whose wildcards line contains `wildcards`."""
+    for block in re.finditer(rf"^rule {rule}:\n(.*?)^Shell command: (.*?)$", output, flags=re.M | re.S):
+        if wildcards in block.group(1):
+            line = re.search(r"^\s+resources: (.*)$", block.group(1), flags=re.M).group(1)
+            return dict(item.split("=", 1) for item in line.split(", ")), block.group(2)
+    raise AssertionError(f"no {rule} job with {wildcards!r} planned:\n{output[-4000:]}")
+
+
+class PlannedResources(dict):
+    """A dry run's resources with attribute access, as the plugin reads `job.resources`."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+
+def sbatch_line(resources: dict[str, str], threads: int) -> str:
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    typed = PlannedResources({k: int(v) if v.isdigit() else v for k, v in resources.items()})
+    job = SimpleNamespace(resources=typed, threads=threads)
+    params = {
+        "run_uuid": "RUN",
+        "slurm_logfile": "LOG",
+        "comment_str": "rule_train_segment",
+        "account": f" -A {typed['slurm_account']}" if "slurm_account" in typed else "",
+        "partition": f" -p {typed['slurm_partition']}" if "slurm_partition" in typed else "",
+        "workdir": "WORKDIR",
+    }
+    return get_submit_command(job, params) + set_gres_string(job)

@@ -15,6 +15,7 @@ from lmrepro.data.readers import file_format
 from lmrepro.data.shards import INDEX_FILE
 from lmrepro.data.sources import local_input_paths, select_local_files
 from lmrepro.data.synthetic_wikitext import SPLITS as WIKITEXT_SPLITS
+from lmrepro.run_layout import run_layout
 
 
 def segment_boundaries(steps: int, segment_steps: int) -> list[int]:
@@ -78,10 +79,10 @@ def _require(mapping: dict, name: str, where: str, what: str) -> None:
         raise ValueError(f"{where} = {name!r} is not a configured {what}; valid: {sorted(mapping)}")
 
 
-def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int = 1) -> None:
+def check_config(config: dict[str, Any], root: str | Path = ".", declared_train: dict | None = None) -> None:
     """Cross-reference checks the JSON schema cannot express, every run's trainer config rendered and its
-    layout planned for `world_size` training processes (what the profile declares). Raises naming the
-    config key or file."""
+    layout planned for its world size (its `layout`, or what the profile declares for train_segment in
+    `declared_train`: train_procs_per_node, nodes). Raises naming the config key or file."""
     root = Path(root)
     datasets, tokenizers = config["datasets"], config["tokenizers"]
     evals = config.get("evals", {})
@@ -131,6 +132,8 @@ def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int
             )
     bases = config.get("bases", {})
     base_args = {name: _check_base(name, spec, root) for name, spec in bases.items()}
+    check_init_chains(config["runs"])
+    jobs: dict[str, Any] = {}
     for run, spec in config["runs"].items():
         where = f"runs.{run}"
         _check_run_data(run, spec, datasets)
@@ -153,6 +156,7 @@ def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"{where}: {e}") from None
         _check_run_steps(run, spec, job)
+        jobs[run] = job
         if "validation" in spec:
             _check_validation(run, job)
         if job.training.objective == "mlm":
@@ -166,8 +170,8 @@ def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int
             )
         if job.model.hf.enabled:
             _check_hf_model(run, spec, job, root)
-        _check_run_layout(run, job, world_size, root)
-        if "init" in spec:
+        check_run_layout(run, spec, job, root, declared_train)
+        if "init" in spec and init_run(spec) is None:
             _require(bases, spec["init"], f"{where}.init", "base")
             transformers_base = bases[spec["init"]]["format"] == "transformers"
             if transformers_base != job.model.hf.enabled:
@@ -183,6 +187,9 @@ def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int
                 _check_run_transformers_base(run, spec, job, config, root)
             else:
                 _check_run_base(run, spec, job, config, base_args[spec["init"]])
+    for run in config["runs"]:
+        if (chain := init_run_step(config["runs"], run)) is not None:
+            check_same_model(run, jobs[run], chain[0], jobs[chain[0]], config["runs"])
 
 
 def _check_run_steps(run: str, spec: dict, job: Any) -> None:
@@ -200,25 +207,39 @@ def _check_run_steps(run: str, spec: dict, job: Any) -> None:
         )
 
 
-def _check_run_layout(run: str, job: Any, world_size: int, root: Path) -> None:
-    """The model shape, the parallel degrees and the batch arithmetic for the job's world size, by the
-    trainer's own plan_layout (torch is imported only for a model.hf run)."""
-    from lmrepro.train.layout import plan_layout
+def check_run_layout(
+    run: str, spec: dict, job: Any, root: str | Path = ".", declared_train: dict | None = None
+) -> tuple[Any, Any]:
+    """The model shape, then the parallel degrees and the batch arithmetic for the run's world size, by the
+    trainer's own checked_model_args / plan_layout (torch is imported only for a model.hf run); returns
+    (RunLayout, the trainer's planned Layout). The world size is the run's layout (nodes × processes per
+    node) unless the profile or --set-resources declare train_segment's train_procs_per_node / nodes."""
+    from lmrepro.train.layout import checked_model_args, plan_layout
 
     hf = job.model.hf
     if hf.config:  # a folder relative to the workflow's directory, as the job will read it
-        hf = dataclasses.replace(hf, config=str(root / hf.config))
+        hf = dataclasses.replace(hf, config=str(Path(root) / hf.config))
         job = dataclasses.replace(job, model=dataclasses.replace(job.model, hf=hf))
     try:
-        plan_layout(job, world_size)
+        checked_model_args(job)
     except (ValueError, FileNotFoundError) as e:
-        processes = (
-            f" (world size {world_size} = train_procs_per_node × nodes of train_segment, as the profile or "
-            "--set-resources declare them)"
-            if "world size" in str(e) or "data-parallel" in str(e)
-            else ""
-        )
-        raise type(e)(f"runs.{run}: {e}{processes}") from None
+        raise type(e)(f"runs.{run}: {e}") from None
+    layout = run_layout(spec, run)
+    declared = {key: value for key, value in (declared_train or {}).items() if value}
+    processes = declared.get("train_procs_per_node", layout.processes_per_node)
+    nodes = declared.get("nodes", layout.nodes)
+    try:
+        return layout, plan_layout(job, processes * nodes)
+    except (ValueError, FileNotFoundError) as e:
+        if declared:
+            raise type(e)(
+                f"runs.{run}: {e} (world size {processes * nodes} = train_procs_per_node × nodes of "
+                "train_segment, as the profile or --set-resources declare them)"
+            ) from None
+        raise type(e)(
+            f"runs.{run}.layout ({layout.nodes} nodes × {layout.processes_per_node} processes = "
+            f"{layout.world_size} ranks): {e}"
+        ) from None
 
 
 def _check_hf_model(run: str, spec: dict, job: Any, root: Path) -> None:
@@ -688,3 +709,73 @@ def _check_run_data(run: str, spec: dict, datasets: dict) -> None:
     for name in spec["mixture"]:
         _require(datasets, name, f"{where}.mixture.{name}", "dataset")
     check_weights(spec["mixture"], f"{where}.mixture")
+
+
+# ------------------------------------------------------------------------------------- init chains
+# `runs.<run>.init: {run: <name>, step: <N> | last}` starts a run from another run's segment checkpoint
+# (model weights only; optimizer, data order and schedule fresh), as gpt-neuro's per-lab fine-tunes start
+# from a primate run; the rule init_checkpoint takes that checkpoint as its input, so Snakemake orders the
+# jobs. Checked at parse time: the run and step exist, the model is the same, and no chain is a cycle.
+
+
+def init_run(spec: dict) -> dict | None:
+    """The {run, step} a run starts from, or None (a base name or a seeded random init)."""
+    init = spec.get("init")
+    return init if isinstance(init, dict) else None
+
+
+def init_run_step(runs: dict[str, dict], run: str) -> tuple[str, int] | None:
+    """(source run, its step) of a run's init chain, `last` resolved; None without one. Raises naming
+    the key when the source run or the step does not exist."""
+    chain = init_run(runs[run])
+    if chain is None:
+        return None
+    where = f"runs.{run}.init"
+    source = chain["run"]
+    if source not in runs or source == run:
+        valid = sorted(r for r in runs if r != run)
+        raise ValueError(f"{where}.run = {source!r} is not another run of this experiment; valid: {valid}")
+    ends = segment_boundaries(runs[source]["steps"], runs[source]["segment_steps"])
+    step = ends[-1] if chain["step"] == "last" else chain["step"]
+    if step not in ends:
+        raise ValueError(
+            f"{where}.step = {chain['step']!r} is not a segment end of run {source}; valid: {ends} or last"
+        )
+    return source, step
+
+
+def check_init_chains(runs: dict[str, dict]) -> None:
+    """Every init chain names an existing run and step, and no run starts (through others) from itself."""
+    sources = {run: step[0] for run in runs if (step := init_run_step(runs, run)) is not None}
+    for run in sources:
+        seen = [run]
+        while seen[-1] in sources:
+            nxt = sources[seen[-1]]
+            if nxt in seen:
+                cycle = " -> ".join([*seen[seen.index(nxt) :], nxt])
+                raise ValueError(f"runs.{run}.init: the init chain is a cycle: {cycle}")
+            seen.append(nxt)
+
+
+def check_same_model(run: str, job: Any, source: str, source_job: Any, runs: dict[str, dict]) -> None:
+    """The fine-tune has its source's model (architecture and tokenizer): its weights load strictly."""
+    where = f"runs.{run}.init"
+    if runs[run]["tokenizer"] != runs[source]["tokenizer"]:
+        raise ValueError(
+            f"{where}: run {source} uses tokenizer {runs[source]['tokenizer']!r}, this run "
+            f"{runs[run]['tokenizer']!r}; a run started from another run's checkpoint keeps its tokenizer"
+        )
+    ours, theirs = _model_shape(job), _model_shape(source_job)
+    if ours != theirs:
+        diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        raise ValueError(
+            f"{where}: the model differs from run {source}'s in {diff}; a run started from another run's "
+            "checkpoint keeps its architecture (set model.flavor / model.overrides alike)"
+        )
+
+
+def _model_shape(job: Any) -> dict:
+    """The rendered model section that decides the weights (max_seq_len only sizes the RoPE table)."""
+    model = job.model
+    overrides = {k: v for k, v in model.overrides.items() if k != "max_seq_len"}
+    return {"flavor": model.flavor, "overrides": overrides, "hf": str(model.hf)}

@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import copy_workflow
+from helpers import FULL_SIZE_PRESETS, copy_workflow
 from test_workflow import planned_jobs, snakemake
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[2] / "config" / "experiments").glob("*.yaml"))
+EXPERIMENTS = sorted(
+    path
+    for path in (Path(__file__).resolve().parents[2] / "config" / "experiments").glob("*.yaml")
+    if path.stem
+    not in FULL_SIZE_PRESETS  # tests/unit/test_presets.py, tests/integration/test_presets_dryrun.py
+)
 
 
 def planned_runs(result) -> set[str]:

@@ -10,7 +10,9 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from helpers import REPO, small_experiment
+from helpers import small_experiment
+
+from lmrepro.run_layout import RunLayout, train_resources
 
 
 def snakemake_env(**extra: str) -> dict[str, str]:
@@ -62,9 +64,10 @@ def write_experiment(workdir: Path, steps: int) -> None:
 
 
 def repo_train_resources() -> dict:
-    """profiles/slurm's train_segment resources (what a site profile starts from)."""
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
-    return dict(profile["set-resources"]["train_segment"])
+    """The resources lmrepro.run_layout gives a train_segment of 2 nodes × 4 GPUs (what a site profile's
+    set-resources starts from: it overrides the rule's per-run resources)."""
+    layout = RunLayout(nodes=2, gpus_per_node=4, processes_per_node=4, mem_mb=200000, runtime_min=360)
+    return train_resources(layout)
 
 
 def write_site_profile(workdir: Path, name: str, train: dict, threads: int = 2, **settings) -> str:

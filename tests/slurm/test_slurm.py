@@ -24,8 +24,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from helpers import REPO, copy_workflow
+from helpers import REPO, copy_workflow, planned_job, sbatch_line
 from slurm_helpers import (
+    experiment,
     repo_train_resources,
     run_snakemake,
     sacct,
@@ -167,49 +168,19 @@ def test_losses_and_weights_equal_a_one_node_two_process_run(pipeline, reference
 # ---- 64 nodes × 4 GPUs: the resources Snakemake computes, the sbatch line the plugin makes of them ----
 
 
-def planned_job(output: str, rule: str) -> tuple[dict[str, str], str]:
-    """(resources, shell command) of the first `rule` job a dry run (-n, printshellcmds) plans."""
-    block = re.search(rf"^rule {rule}:\n(.*?)^Shell command: (.*?)$", output, flags=re.M | re.S)
-    assert block, output[-4000:]
-    line = re.search(r"^\s+resources: (.*)$", block.group(1), flags=re.M).group(1)
-    resources = dict(item.split("=", 1) for item in line.split(", "))
-    return resources, block.group(2)
-
-
-class PlannedResources(dict):
-    """A dry run's resources with attribute access, as the plugin reads `job.resources`."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError as exc:
-            raise AttributeError(name) from exc
-
-
-def sbatch_line(resources: dict[str, str], threads: int) -> str:
-    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
-    from snakemake_executor_plugin_slurm.utils import set_gres_string
-
-    typed = PlannedResources({k: int(v) if v.isdigit() else v for k, v in resources.items()})
-    job = SimpleNamespace(resources=typed, threads=threads)
-    params = {
-        "run_uuid": "RUN",
-        "slurm_logfile": "LOG",
-        "comment_str": "rule_train_segment",
-        "account": f" -A {typed['slurm_account']}",
-        "partition": f" -p {typed['slurm_partition']}",
-        "workdir": "WORKDIR",
-    }
-    return get_submit_command(job, params) + set_gres_string(job)
-
-
 def test_sbatch_resources_of_a_64_node_4_gpu_experiment(tmp_path):
+    """The run's layout (runs.<run>.layout) is its train jobs' resources; the profiles add site settings."""
     workdir = copy_workflow(tmp_path / "big")
-    write_experiment(workdir, 20)
-    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
-    # 256 ranks (64 nodes × 4): a global batch of 256 sequences of 32 tokens, one per rank (the layout is
-    # planned for the processes the profile declares while Snakemake parses the workflow)
-    config["runs"]["a"]["overrides"]["training"]["global_batch_tokens"] = 256 * 32
+    config = experiment(20)
+    config["runs"]["a"]["layout"] = {
+        "nodes": 64,
+        "gpus_per_node": 4,
+        "cpus_per_task": 32,
+        "mem_mb": 200000,
+        "runtime_min": 360,
+    }
+    overrides = config["runs"]["a"].setdefault("overrides", {})
+    overrides.setdefault("training", {})["global_batch_tokens"] = 256 * 32  # one sequence per rank
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     site = workdir / "profiles" / "site64"
     site.mkdir()
@@ -220,7 +191,6 @@ def test_sbatch_resources_of_a_64_node_4_gpu_experiment(tmp_path):
             "runtime": 60,
             "mem_mb": 8000,
         },
-        "set-resources": {"train_segment": {**repo_train_resources(), "nodes": 64, "tasks": 64}},
     }
     (site / "config.yaml").write_text(yaml.safe_dump(profile))
     result = run_snakemake(

@@ -21,6 +21,8 @@ UPPER_LAYERS = (
     "lmrepro.launch",
     "lmrepro.slurm",
     "lmrepro.run_config",
+    "lmrepro.run_layout",
+    "lmrepro.plan",
 )
 
 

@@ -4,6 +4,7 @@ import json
 import shlex
 
 from lmrepro.data.sources import local_input_paths
+from lmrepro.run_layout import job_resources, run_layout, train_resources
 from lmrepro.slurm import launch_prefix
 from lmrepro.user_input import stop_on_user_error
 from lmrepro.workflow import (
@@ -13,6 +14,7 @@ from lmrepro.workflow import (
     checkpoint_dir,
     eval_result,
     eval_steps,
+    init_run_step,
     launch_journal,
     names_of_kind,
     optimizer_dropped_steps,
@@ -43,23 +45,25 @@ wildcard_constraints:
     base=r"[A-Za-z0-9_.-]+",
 
 
-def declared_train_processes():
-    """The world size of a training job as the profile or --set-resources declare it: train_segment's
-    train_procs_per_node × nodes (1 each unless set; lmrepro.slurm.launch_prefix starts that many).
+def declared_train_layout():
+    """What the profile or --set-resources declare for train_segment's train_procs_per_node and nodes
+    (None where they leave them to the runs' layouts): they override a run's layout in its jobs.
     """
     declared = workflow.resource_settings.overwrite_resources.get("train_segment", {})
-    sizes = [declared.get(key) for key in ("train_procs_per_node", "nodes")]
-    sizes = [
-        getattr(size, "value", size) for size in sizes
-    ]  # a snakemake Resource, or None
-    sizes = [int(size) if isinstance(size, int | str) else 1 for size in sizes]
-    return sizes[0] * sizes[1]
+    sizes = {key: declared.get(key) for key in ("train_procs_per_node", "nodes")}
+    sizes = {
+        key: getattr(size, "value", size) for key, size in sizes.items()
+    }  # a snakemake Resource, or None
+    return {
+        key: int(size) if isinstance(size, int | str) else None
+        for key, size in sizes.items()
+    }
 
 
 # Every run's trainer config rendered, its model and layout planned, its files looked at: a user error
 # stops here in one line (lmrepro.user_input), before any job and before any output is rescheduled.
 with stop_on_user_error():
-    check_config(config, world_size=declared_train_processes())
+    check_config(config, declared_train=declared_train_layout())
 
 # One software environment for every rule (`--software-deployment-method conda`); it mirrors pyproject.
 LMREPRO_ENV = "../../envs/lmrepro.yaml"
@@ -274,8 +278,12 @@ def tokenizer_spec(wildcards):
 
 
 def run_init_base(wildcards):
-    """The base a run starts from (runs.<run>.init): its DCP conversion, or a `transformers` folder read in
-    place by from_pretrained; none means a seeded random init."""
+    """What a run starts from (runs.<run>.init): another run's segment checkpoint, a base's DCP
+    conversion, or a `transformers` folder read in place by from_pretrained; none means a seeded random init.
+    """
+    chain = init_run_step(config["runs"], wildcards.run)
+    if chain:
+        return [checkpoint_dir(*chain)]
     base = run_settings(wildcards.run).get("init")
     if base and config["bases"][base]["format"] == "transformers":
         return [config["bases"][base]["path"]]
@@ -283,7 +291,36 @@ def run_init_base(wildcards):
 
 
 def init_base_arg(wildcards, input):
-    return f"--base {shlex.quote(input.base[0])}" if input.base else ""
+    if not input.base:
+        return ""
+    chain = init_run_step(config["runs"], wildcards.run)
+    return f"--{'from-run' if chain else 'base'} {shlex.quote(input.base[0])}"
+
+
+def run_layout_of(wildcards):
+    return run_layout(config["runs"][wildcards.run], wildcards.run)
+
+
+def train_resource(name):
+    """A train_segment resource from the run's layout (lmrepro.run_layout.train_resources)."""
+
+    def of_run(wildcards):
+        return train_resources(run_layout_of(wildcards))[name]
+
+    return of_run
+
+
+def train_threads(wildcards):
+    return run_layout_of(wildcards).cpus_per_task
+
+
+def job_resource(job, name):
+    """An eval (`job` "eval") or export job's resource from the run's layout (lmrepro.run_layout)."""
+
+    def of_run(wildcards):
+        return job_resources(getattr(run_layout_of(wildcards), job))[name]
+
+    return of_run
 
 
 def run_weights(wildcards):

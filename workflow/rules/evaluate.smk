@@ -16,6 +16,11 @@ rule eval_loss:
         task=names_of_kind(config.get("evals", {}), "loss"),
     conda:
         LMREPRO_ENV
+    resources:
+        gres=job_resource("eval", "gres"),
+        tasks_per_gpu=job_resource("eval", "tasks_per_gpu"),
+        mem_mb=job_resource("eval", "mem_mb"),
+        runtime=job_resource("eval", "runtime"),
     params:
         max_tokens=lookup(dpath="evals/{task}/max_tokens", within=config),
         pppl_tokens=lookup(dpath="evals/{task}/pseudo_perplexity_tokens", within=config),
@@ -44,6 +49,11 @@ rule eval_multiple_choice:
         task=names_of_kind(config.get("evals", {}), "multiple_choice"),
     conda:
         LMREPRO_ENV
+    resources:
+        gres=job_resource("eval", "gres"),
+        tasks_per_gpu=job_resource("eval", "tasks_per_gpu"),
+        mem_mb=job_resource("eval", "mem_mb"),
+        runtime=job_resource("eval", "runtime"),
     params:
         file=lookup(dpath="evals/{task}/file", within=config),
         limit=mc_eval_limit,

@@ -13,6 +13,9 @@ rule export_checkpoint:
         "results/benchmarks/export_checkpoint/{run}/step-{step}.tsv"
     conda:
         LMREPRO_ENV
+    resources:
+        mem_mb=job_resource("export", "mem_mb"),
+        runtime=job_resource("export", "runtime"),
     params:
         dtype=lookup(dpath="runs/{run}/export_dtype", within=config),
     shell:

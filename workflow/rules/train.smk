@@ -40,7 +40,8 @@ rule token_weights:
 
 rule init_checkpoint:
     """step-0 (model only), shared by every parallel layout: the seeded random initialisation, or the
-    weights of the converted base that runs.<run>.init names (init.json says what came from where).
+    weights of the converted base or of the other run's checkpoint that runs.<run>.init names (init.json
+    says what came from where).
     """
     input:
         config=rules.render_train_config.output.config,
@@ -81,9 +82,17 @@ rule train_segment:
     retries: segment_retries()
     conda:
         LMREPRO_ENV
-    threads: 2
+    threads: train_threads
     resources:
-        train_procs_per_node=1,
+        nodes=train_resource("nodes"),
+        tasks=train_resource("tasks"),
+        mpi=train_resource("mpi"),
+        gres=train_resource("gres"),
+        tasks_per_gpu=train_resource("tasks_per_gpu"),
+        train_procs_per_node=train_resource("train_procs_per_node"),
+        mem_mb=train_resource("mem_mb"),
+        runtime=train_resource("runtime"),
+        slurm_extra=train_resource("slurm_extra"),
     params:
         launcher=train_launcher,
     shell:

@@ -3,10 +3,12 @@
 A run started from a base must describe the same architecture in its own config, so that the run's
 train.toml stays the one record of its model and the trainer never consults the base: every
 :class:`ModelArgs` field must match except ``vocab_size`` (the base's ``vocab`` policy decides),
-``max_seq_len`` (only the length of the RoPE table) and ``causal`` (a deliberate choice to train
-bidirectionally). A mismatch is an error naming ``model.<field>``, never a partial load. The check runs
-at parse time (:func:`lmrepro.workflow.check_config`, from the base's config file) and again here, against
-the converted checkpoint.
+``max_seq_len`` (only the length of the RoPE table), ``causal`` (a deliberate choice to train
+bidirectionally) and ``rope_theta`` (RoPE's base frequency is no weight: Llemma 7B trains its Code Llama
+base, released with 1e6, at the 10,000 of its YAML). A mismatch is an error naming ``model.<field>``,
+never a partial load. The check runs at parse time (:func:`lmrepro.workflow.check_config`, from the base's
+config file) and again here, against the converted checkpoint. Another run's checkpoint (an init chain,
+:func:`init_from_run_checkpoint`) loads strictly: every tensor, nothing left at the random init.
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ from pathlib import Path
 import torch
 
 from lmrepro.checkpoint.convert import CONVERSION, VOCAB_KEYS
-from lmrepro.checkpoint.dcp import checkpoint_model_args, model_tensor_specs, read_model_tensors
+from lmrepro.checkpoint.dcp import (
+    check_model_tensors,
+    checkpoint_model_args,
+    model_tensor_specs,
+    read_model_tensors,
+)
 from lmrepro.checkpoint.hf import model_shapes
 from lmrepro.model.hf_causal import HFCausalLM
 from lmrepro.model.llama import ModelArgs, Transformer
 
 INIT_RECORD = "init.json"
 # ModelArgs fields a run may set differently from its base (see the module docstring).
-FREE_FIELDS = ("vocab_size", "max_seq_len", "causal")
+FREE_FIELDS = ("vocab_size", "max_seq_len", "causal", "rope_theta")
 
 
 def check_base_shape(run_args: ModelArgs, base_args: ModelArgs, base: str) -> None:
@@ -134,3 +141,23 @@ def _resize_rows(dest: torch.Tensor, rows: torch.Tensor) -> dict:
     else:
         action = f"the base's last {rows.shape[0] - n} rows dropped"
     return {"from": list(rows.shape), "to": list(dest.shape), "action": action}
+
+
+def init_from_run_checkpoint(model: Transformer | HFCausalLM, checkpoint_dir: str | Path) -> dict:
+    """Overwrite a model in place with another run's segment checkpoint's model weights (an init chain,
+    runs.<run>.init = {run, step}), strictly: the same architecture and every tensor with its shape, nothing
+    left at the random init. Returns the record that step-0 stores as ``init.json``."""
+    checkpoint_dir = Path(checkpoint_dir)
+    source_args, info = checkpoint_model_args(checkpoint_dir)
+    if isinstance(model.args, ModelArgs):
+        check_base_shape(model.args, source_args, str(checkpoint_dir))
+    specs = model_tensor_specs(checkpoint_dir)
+    check_model_tensors(specs, model.args, checkpoint_dir)
+    dests = {key: value for key, value in model.state_dict().items() if key in specs}  # shares storage
+    read_model_tensors(checkpoint_dir, dests)
+    return {
+        "run_checkpoint": str(checkpoint_dir),
+        "base_checkpoint_id": info.get("checkpoint_id"),
+        "step": info.get("step"),
+        "loaded": sorted(dests),
+    }

@@ -33,7 +33,21 @@ FLAVORS: dict[str, ModelArgs] = {
     "1B": ModelArgs(
         dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=7168, rope_theta=_LLAMA3_ROPE_THETA
     ),
+    # training-custom-llama's two model configs (its train.py, March 2025; seed-systems.md §4.1): Llama-3
+    # blocks with theta 500,000; FFN widths by Meta's rule with its defaults (multiple_of 256, no multiplier):
+    # 2/3 · 4 · dim rounded up to 256.
+    "custom-llama": ModelArgs(dim=512, n_layers=2, n_heads=2, n_kv_heads=2, ffn_dim=1536, max_seq_len=512),
+    "custom-llama-better": ModelArgs(
+        dim=768, n_layers=16, n_heads=16, n_kv_heads=8, ffn_dim=2048, max_seq_len=1024
+    ),
     # Architectures of the released models (max_seq_len as in their HF max_position_embeddings).
+    # Code Llama (Llemma's bases, seed-systems.md §3.3): MHA 7B and GQA-8 34B, released with rope_theta 1e6.
+    "codellama-7B": ModelArgs(
+        dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11008, rope_theta=1e6, max_seq_len=16384
+    ),
+    "codellama-34B": ModelArgs(
+        dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, ffn_dim=22016, rope_theta=1e6, max_seq_len=16384
+    ),
     "llama3.2-1B": ModelArgs(
         dim=2048,
         n_layers=16,

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from lmrepro.checkpoint import dcp
-from lmrepro.checkpoint.init_base import INIT_RECORD, init_from_base
+from lmrepro.checkpoint.init_base import INIT_RECORD, init_from_base, init_from_run_checkpoint
 from lmrepro.checkpoint.segment import SegmentCheckpointer, checkpoint_info
 from lmrepro.config import JobConfig, to_dict, token_weights_file
 from lmrepro.data.loader import build_loader
@@ -56,19 +56,25 @@ def build_model(job: JobConfig, device: torch.device | str = "meta") -> torch.nn
         return build_model_of(checked_model_args(job))
 
 
-def init_checkpoint(job: JobConfig, save_to: Path, base: Path | None = None) -> dict:
+def init_checkpoint(
+    job: JobConfig, save_to: Path, base: Path | None = None, from_run: Path | None = None
+) -> dict:
     """Write step-0, model only (a seed checkpoint): the seeded random initialisation, or a converted base.
 
     Every segment, whatever its parallel layout, starts from a checkpoint, so the initial weights are
     identical for 1 process, FSDP or TP runs of the same seed. With ``base`` (``results/init/{base}/dcp``)
     the base's weights replace the random ones; keys the base left out (``vocab: drop``) keep the seeded
-    init, and step-0 records what came from where in ``init.json``.
+    init, and step-0 records what came from where in ``init.json``. With ``from_run`` (another run's
+    segment checkpoint: an init chain) every model weight comes from it, strictly; the optimizer is fresh.
     """
     torch.manual_seed(job.training.seed)
     model = build_model(job, "meta")
     model.to_empty(device="cpu")
     model.init_weights()
-    init_record = init_from_base(model, base) if base is not None else None
+    if from_run is not None:
+        init_record, base = init_from_run_checkpoint(model, from_run), from_run
+    else:
+        init_record = init_from_base(model, base) if base is not None else None
     init = {"base": str(base), "base_checkpoint_id": init_record["base_checkpoint_id"]} if base else None
     info = checkpoint_info(job, model.args, step=0, tokens_seen=0, origin=None, init=init)
     data_state = initial_data_state(job.data.seed, job.data.seq_len)
