@@ -41,7 +41,7 @@ def _copy(saved: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
-def test_manifest_lists_every_file_with_size_and_sha256(tmp_path: Path, async_save: bool) -> None:
+def test_manifest_lists_every_file_with_size_and_digest(tmp_path: Path, async_save: bool) -> None:
     path = _save(tmp_path / "step-1", async_save)
     manifest = json.loads((path / checksums.MANIFEST).read_text())["files"]
     names = sorted(p.name for p in path.iterdir() if p.name != checksums.MANIFEST)
