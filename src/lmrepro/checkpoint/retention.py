@@ -22,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+from lmrepro.checkpoint import checksums
 from lmrepro.checkpoint.dcp import CHECKPOINT_INFO, read_checkpoint_info
 from lmrepro.io import write_json
 
@@ -49,14 +50,27 @@ def drop_optimizer_state(path: str | Path) -> dict:
     tmp = path.parent / f".{path.name}.model-only.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    checksums.verify(path)  # a damaged checkpoint is reported, not copied into a model-only one
     metadata = pickle.loads((path / DCP_METADATA).read_bytes())
     _copy_kept_items(metadata, path, tmp)
-    for item in path.iterdir():  # metrics.jsonl, init.json, .snakemake_timestamp, ...
-        if item.is_file() and item.suffix != ".distcp" and item.name not in (DCP_METADATA, CHECKPOINT_INFO):
+    skipped = (DCP_METADATA, CHECKPOINT_INFO, checksums.MANIFEST)
+    workflow_files = [item for item in path.iterdir() if item.name.startswith(".snakemake")]
+    for item in path.iterdir():  # metrics.jsonl, init.json, ...
+        if (
+            item.is_file()
+            and item.suffix != ".distcp"
+            and item.name not in skipped
+            and item not in workflow_files
+        ):
             shutil.copy2(item, tmp / item.name)
     dropped = {"by": "keep_optimizer_last_k", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     new_info = {**info, "contents": [c for c in info["contents"] if c != "optimizer"]}
     write_json(tmp / CHECKPOINT_INFO, {**new_info, "optimizer_dropped": dropped})
+    checksums.write_manifest(
+        tmp, {}
+    )  # the new files' sizes and digests (Snakemake's own files are not covered)
+    for item in workflow_files:  # .snakemake_timestamp
+        shutil.copy2(item, tmp / item.name)
     _keep_times(path, tmp)
     old = path.parent / f".{path.name}.with-optimizer.old"
     shutil.rmtree(old, ignore_errors=True)
