@@ -550,13 +550,14 @@ def test_run_mistakes_stop_at_parse_time(config: dict, root: Path, case: str) ->
     change, world_size, message = RUN_CASES[case]
     change(config)
     with pytest.raises(ValueError) as e:
-        check_config(schema_valid(config), root=root, world_size=world_size)
+        # the processes as a profile's set-resources declares them (runs.<run>.layout: test_presets.py)
+        check_config(schema_valid(config), root=root, declared_train={"train_procs_per_node": world_size})
     assert str(e.value).startswith(message), str(e.value)
     assert "\n" not in str(e.value)
 
 
-def test_the_default_passes_on_the_processes_the_slurm_profile_declares(config: dict, root: Path) -> None:
-    check_config(config, root=root, world_size=8)  # profiles/slurm: 2 nodes × 4 processes
+def test_the_default_passes_on_the_processes_a_site_profile_declares(config: dict, root: Path) -> None:
+    check_config(config, root=root, declared_train={"train_procs_per_node": 4, "nodes": 2})
 
 
 # ------------------------------------------------------------------------------------------ data files
