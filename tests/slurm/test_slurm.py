@@ -4,6 +4,8 @@
   process per node) whose first attempt gets a 1-minute wall time: the warning signal makes the trainer save
   a rolling checkpoint and stop, the retry resumes, and losses and final weights equal an uninterrupted
   `torchrun --standalone --nproc-per-node 2` run of the same train.toml.
+- A node lost mid-segment (every training process of n2 killed): the job fails, Snakemake resubmits it and
+  the new job resumes from the rolling checkpoint.
 - The sbatch line of a 64-node × 4-GPU experiment, from the resources Snakemake computes.
 - Bad input (more nodes than the partition has, a missing partition, inconsistent train resources, a warning
   lead as long as the wall time, an unreachable rendezvous) fails fast with a clear message and leaves the
@@ -416,7 +418,7 @@ def test_an_unreachable_rendezvous_fails_within_its_timeout(prepared, step0):
 
 # ---- a node lost mid-segment: the job fails, Snakemake resubmits it, the retry resumes ----
 
-LOST_STEPS = 200  # about 15 s of 2-node training here; a rolling checkpoint every 20 steps
+LOST_STEPS = 100  # about 7 s of 2-node training here; a rolling checkpoint every 20 steps
 
 
 def processes_of_node(node: str, job_id: str) -> list[int]:
