@@ -13,12 +13,25 @@ import pytest
 import torch
 from fault_points import PHASES, SAVE_PHASES, order
 from helpers import REPO
-from trainer_processes import losses, setup_run, trainer_env, weights
+from trainer_processes import kill_tree, losses, setup_run, trainer_env, weights
 
 pytestmark = pytest.mark.slow
 
 STEPS, INTERVAL = 24, 4  # the reference fixture's run: rolling checkpoints at 4, 8, ..., 20; final at 24
 FAULTS = Path(__file__).with_name("fault_points.py")
+
+
+def run_bounded(cmd: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run to the end, or SIGKILL it and every process below it (forked attempts, torchrun's workers) after
+    `timeout` seconds and fail: no hang outlives the test."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+        out, err = proc.communicate()
+        pytest.fail(f"{cmd[1]} ran past {timeout} s:\n{out[-3000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def kill_points(seed: int = 18) -> list[tuple[int, str]]:
@@ -55,7 +68,7 @@ def test_sigkill_at_ten_points_then_reruns_end_bit_identical(tmp_path, tiny_data
     cmd = [sys.executable, str(FAULTS), "chain", str(tmp_path / "points.json"), str(tmp_path / "logs"), "--"]
     cmd += ["--config", str(config), "--resume-from", str(step0), "--save-to", str(final)]
     cmd += ["--until-step", str(STEPS)]
-    out = subprocess.run(cmd, env=trainer_env(), capture_output=True, text=True, timeout=300)
+    out = run_bounded(cmd, trainer_env())
     assert out.returncode == 0, out.stdout + out.stderr
     attempts = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(attempts) == len(points) + 1, out.stdout
@@ -86,7 +99,7 @@ def test_a_killed_process_restarts_inside_the_job_and_finishes(tmp_path, tiny_da
     cmd += ["--resume-from", str(step0), "--save-to", str(final), "--until-step", str(STEPS)]
     env = {**trainer_env(), "LMREPRO_TEST_KILL_AT": "10:step"}
     env["LMREPRO_TEST_KILL_ONCE"] = str(tmp_path / "killed-once")
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out = run_bounded(cmd, env)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-5000:]
     assert (tmp_path / "killed-once").exists()  # the kill happened
@@ -102,7 +115,10 @@ def small_disk(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
     mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if mount.returncode:
         pytest.skip(
@@ -125,13 +141,15 @@ def test_a_full_disk_during_a_save_is_one_clear_error_and_keeps_the_previous_che
     config, step0 = setup_run(small_disk, tiny_data, "full", training={"steps": 12})
     model_bytes = used_bytes(step0)
     rolling_bytes = 3 * model_bytes  # weights and AdamW's two moments
-    df = subprocess.run(["df", "-B1", "--output=used", str(small_disk)], capture_output=True, text=True)
+    df = subprocess.run(
+        ["df", "-B1", "--output=used", str(small_disk)], capture_output=True, text=True, timeout=60
+    )
     size = int(df.stdout.split()[-1]) + int(1.5 * rolling_bytes)
     subprocess.run(["mount", "-o", f"remount,size={size}", str(small_disk)], check=True, timeout=60)
     final = small_disk / "full" / "checkpoints" / "step-12"
     cmd = [sys.executable, str(REPO / "workflow/scripts/train.py"), "--config", str(config)]
     cmd += ["--resume-from", str(step0), "--save-to", str(final), "--until-step", "12"]
-    out = subprocess.run(cmd, env=trainer_env(), capture_output=True, text=True, timeout=300)
+    out = run_bounded(cmd, trainer_env())
     rolling = small_disk / "full" / "state" / "checkpoints"
     assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]

@@ -4,6 +4,8 @@
   process per node) whose first attempt gets a 1-minute wall time: the warning signal makes the trainer save
   a rolling checkpoint and stop, the retry resumes, and losses and final weights equal an uninterrupted
   `torchrun --standalone --nproc-per-node 2` run of the same train.toml.
+- A node lost mid-segment (every training process of n2 killed): the job fails, Snakemake resubmits it and
+  the new job resumes from the rolling checkpoint.
 - The sbatch line of a 64-node × 4-GPU experiment, from the resources Snakemake computes.
 - Bad input (more nodes than the partition has, a missing partition, inconsistent train resources, a warning
   lead as long as the wall time, an unreachable rendezvous) fails fast with a clear message and leaves the
@@ -12,9 +14,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -384,3 +388,97 @@ def test_an_unreachable_rendezvous_fails_within_its_timeout(prepared, step0):
     assert "c10d rendezvous at 192.0.2.1:" in output and "timeout 1 s" in output, output[-3000:]
     assert "RendezvousConnectionError" in output, output[-3000:]
     assert_checkpoints_intact(prepared, step0)
+
+
+# ---- a node lost mid-segment: the job fails, Snakemake resubmits it, the retry resumes ----
+
+LOST_STEPS = 100  # about 7 s of 2-node training here; a rolling checkpoint every 20 steps
+
+
+def processes_of_node(node: str, job_id: str) -> list[int]:
+    """The launcher, torchrun and training process that Slurm started for `job_id` on `node`."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = dict(
+                item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item
+            )
+            cmdline = (proc / "cmdline").read_text().replace("\0", " ")
+        except OSError:
+            continue
+        same_task = environ.get("SLURMD_NODENAME") == node and environ.get("SLURM_JOB_ID") == job_id
+        if same_task and "workflow/scripts/" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def between_checkpoints(state: Path) -> bool:
+    """Whether the last step logged in state/metrics.jsonl lies after a rolling checkpoint (every 20)."""
+    metrics = state / "metrics.jsonl"
+    lines = (
+        [line for line in metrics.read_text().splitlines() if line.endswith("}")] if metrics.is_file() else []
+    )
+    return bool(lines) and json.loads(lines[-1])["step"] % 20 != 0 and json.loads(lines[-1])["step"] > 20
+
+
+def test_a_node_lost_mid_segment_fails_the_job_and_the_resubmission_resumes(prepared):
+    """Every training process of node n2 SIGKILLed once the segment has a rolling checkpoint: srun ends the
+    step (--kill-on-bad-exit), the job fails, Snakemake's retry resubmits it, and the new job resumes from
+    the rolling checkpoint; the steps both attempts trained have bitwise equal losses."""
+    workdir = prepared
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    lost = experiment(LOST_STEPS)["runs"]["a"]
+    lost["overrides"]["checkpoint"] = {"interval_steps": 20, "keep_latest_k": 2}
+    config["runs"]["lost"] = lost  # same dataset and tokenizer as run a: only its own jobs run
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    step0 = run_snakemake(workdir, "--cores", "2", "results/runs/lost/checkpoints/step-0", timeout=300)
+    assert step0.returncode == 0, step0.stdout[-4000:]
+    site = write_site_profile(workdir, "lost", SMALL, **{"preemptible-retries": 1})
+    target = f"results/runs/lost/checkpoints/step-{LOST_STEPS}"
+    cmd = ["timeout", "-k", "5", "400", sys.executable, "-m", "snakemake", "--profile", "profiles/slurm"]
+    cmd += ["--profile", site, "--nolock", target]
+    started = time.monotonic()
+    with open(workdir / "lost-snakemake.log", "w+") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, env=snakemake_env(**TIMEOUTS), stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            # Kill between two rolling checkpoints, once a step after the newest one is logged, so that
+            # the retry trains some logged steps again.
+            state = workdir / "results/runs/lost/state"
+            while not (list(state.glob("checkpoints/step-*/meta.json")) and between_checkpoints(state)):
+                assert proc.poll() is None, out.seek(0) or out.read()[-4000:]
+                assert time.monotonic() - started < 300, "no rolling checkpoint within 300 s"
+                time.sleep(0.05)
+            jobs = [p for p in slurm_job_ids(workdir, "train_segment") if processes_of_node("n2", p)]
+            assert len(jobs) == 1, jobs
+            victims = processes_of_node("n2", jobs[0])
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # the node is gone: no checkpoint, no message
+            print(f"killed {victims} on n2 (job {jobs[0]}) after {time.monotonic() - started:.0f} s")
+            proc.wait(timeout=420)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        output = out.read()
+    print(f"node loss and resubmission: {time.monotonic() - started:.0f} s")
+    assert proc.returncode == 0, output[-5000:]
+    first, *retries = sacct(*[j for j in slurm_job_ids(workdir, "train_segment") if int(j) >= int(jobs[0])])
+    assert first["JobID"] == jobs[0] and first["State"] == "FAILED", first
+    assert [job["State"] for job in retries] == ["COMPLETED"], retries
+    log = (workdir / f"results/logs/train_segment/lost/step-{LOST_STEPS}.log").read_text()
+    resumed = re.search(r"resuming from rolling checkpoint \S+/step-(\d+) \(step \d+\)", log)
+    assert resumed and int(resumed.group(1)) >= 20, log[-4000:]
+    meta = json.loads((workdir / target / "meta.json").read_text())
+    assert meta["step"] == LOST_STEPS and meta["parallel"]["world_size"] == 2
+    assert losses(workdir / target).keys() == set(range(5, LOST_STEPS + 1, 5))
+    # Steps that the killed attempt logged after its checkpoint were trained again: bitwise the same.
+    seen: dict[int, list[float]] = {}
+    for line in (workdir / "results/runs/lost/state/metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        seen.setdefault(row["step"], []).append(row["loss"])
+    again = {step: values for step, values in seen.items() if len(values) > 1}
+    assert again and all(len(set(values)) == 1 for values in again.values()), again
