@@ -336,7 +336,9 @@ def plot_eval_accuracy(evals_df: pd.DataFrame, out_base: Path, *, chance: float 
                 _plot_mc(ax, rows, metric, styles)
                 if chance is not None and metric in ("acc", "acc_norm"):
                     ax.axhline(chance, color="0.3", ls="--", lw=1, label=f"chance ({chance:g})")
-            ax.set_ylim(0, 1)
+            values = rows.loc[rows["metric"].isin([metric, "accuracy"]), "value"]
+            if values.between(0, 1).all():  # a rate: the whole range, so small gains are not magnified
+                ax.set_ylim(0, 1)
             ax.legend(fontsize="small")
         return _save(fig, out_base)
 
