@@ -304,8 +304,27 @@ def test_acc_and_acc_norm_each_get_a_panel_against_tokens(inputs, tmp_path, monk
 
 
 def test_summary_html_is_the_summary_table(inputs, tmp_path) -> None:
+    from lmrepro.report.tables import write_html_table
+
     metrics_by_run, evals = inputs
-    written = write_report(metrics_by_run, evals, tmp_path / "r")
-    page = written["summary.html"].read_text()
+    table = summary_table(load_evals(evals), load_metrics(metrics_by_run))
+    page = write_html_table(table, tmp_path / "summary.html", "summary").read_text()
     assert "<th>synthetic_mc/acc_norm</th>" in page and page.count("<tr>") == 1 + 6
     assert "<td>4.25</td>" in page  # run a, step 10: the train loss of the second segment
+
+
+def test_text_samples_page_lists_every_step_and_escapes(tmp_path) -> None:
+    from lmrepro.report.tables import write_text_samples_html
+
+    def sample(step: int) -> dict:
+        return {"prompt": "the <owl>", "greedy": f"g{step}", "sampled": "x\x7f"}
+
+    steps = [{"step": s, "tokens_seen": s * 10, "samples": [sample(s)]} for s in (0, 10)]
+    path = tmp_path / "r.json"
+    path.write_text(
+        json.dumps({"run": "r", "settings": {"seed": 0}, "prompts": ["the <owl>"], "steps": steps})
+    )
+    page = write_text_samples_html([path], tmp_path / "samples.html").read_text()
+    assert "<h4>r</h4>" in page and page.count("the &lt;owl&gt;") == 2 and "g0" in page and "g10" in page
+    assert "x\\x7f" in page and "\x7f" not in page
+    assert "No run has text samples" in write_text_samples_html([], tmp_path / "none.html").read_text()

@@ -39,6 +39,11 @@ def _styles(runs: Iterable[str]) -> dict[str, dict[str, str]]:
     }
 
 
+def _marker_size(styles: dict, run: str) -> float:
+    """Smaller hollow markers for later runs: runs with equal results show as concentric rings, not one."""
+    return 9.0 - 2.5 * (sorted(styles).index(run) % 3)
+
+
 def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
     fig = Figure(figsize=(8, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
@@ -153,8 +158,8 @@ def plot_loss(
                 rows["value"],
                 ls="none",
                 marker=_MARKERS[tasks.index(task) % len(_MARKERS)],
-                ms=7,
-                mfc="white",
+                ms=_marker_size(styles, run),
+                mfc="none",
                 mew=1.8,
                 color=styles[run]["color"],
                 label=f"{run}: {task}",
@@ -336,7 +341,9 @@ def plot_eval_accuracy(evals_df: pd.DataFrame, out_base: Path, *, chance: float 
                 _plot_mc(ax, rows, metric, styles)
                 if chance is not None and metric in ("acc", "acc_norm"):
                     ax.axhline(chance, color="0.3", ls="--", lw=1, label=f"chance ({chance:g})")
-            ax.set_ylim(0, 1)
+            values = rows.loc[rows["metric"].isin([metric, "accuracy"]), "value"]
+            if values.between(0, 1).all():  # a rate: the whole range, so small gains are not magnified
+                ax.set_ylim(0, 1)
             ax.legend(fontsize="small")
         return _save(fig, out_base)
 

@@ -29,6 +29,12 @@ def _cell(value: object) -> str:
     return html.escape(str(value))
 
 
+def _text(value: str) -> str:
+    """Model output for a cell: control characters (a tiny model writes some) shown as escapes."""
+    shown = "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in value)
+    return f"<td class='text'>{html.escape(shown)}</td>"
+
+
 def _table(columns: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(row) + "</tr>\n" for row in rows)
@@ -58,7 +64,7 @@ def write_text_samples_html(sample_paths: Iterable[str | Path], path: Path) -> P
         settings = ", ".join(f"{k} {v}" for k, v in doc["settings"].items())
         rows = (
             [f"<td>{step['step']}</td>", f"<td>{_cell(step.get('tokens_seen'))}</td>"]
-            + [f"<td class='text'>{html.escape(s[key])}</td>" for key in ("prompt", "greedy", "sampled")]
+            + [_text(s[key]) for key in ("prompt", "greedy", "sampled")]
             for step in doc["steps"]
             for s in step["samples"]
         )
