@@ -43,10 +43,10 @@ def _require(mapping: dict, name: str, where: str, what: str) -> None:
         raise ValueError(f"{where} = {name!r} is not a configured {what}; valid: {sorted(mapping)}")
 
 
-def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int = 1) -> None:
+def check_config(config: dict[str, Any], root: str | Path = ".", world_size: int | None = 1) -> None:
     """Cross-reference checks the JSON schema cannot express, every run's trainer config rendered and its
-    layout planned for `world_size` training processes (what the profile declares). Raises naming the
-    config key or file."""
+    layout planned for `world_size` training processes (what the profile declares; None: unknown before
+    the job, the model shape only). Raises naming the config key or file."""
     root = Path(root)
     datasets, tokenizers = config["datasets"], config["tokenizers"]
     evals = config.get("evals", {})
@@ -155,17 +155,17 @@ def _check_run_steps(run: str, spec: dict, job: Any) -> None:
         )
 
 
-def _check_run_layout(run: str, job: Any, world_size: int, root: Path) -> None:
+def _check_run_layout(run: str, job: Any, world_size: int | None, root: Path) -> None:
     """The model shape, the parallel degrees and the batch arithmetic for the job's world size, by the
     trainer's own plan_layout (torch is imported only for a model.hf run)."""
-    from lmrepro.train.layout import plan_layout
+    from lmrepro.train.layout import checked_model_args, plan_layout
 
     hf = job.model.hf
     if hf.config:  # a folder relative to the workflow's directory, as the job will read it
         hf = dataclasses.replace(hf, config=str(root / hf.config))
         job = dataclasses.replace(job, model=dataclasses.replace(job.model, hf=hf))
     try:
-        plan_layout(job, world_size)
+        plan_layout(job, world_size) if world_size is not None else checked_model_args(job)
     except (ValueError, FileNotFoundError) as e:
         processes = (
             f" (world size {world_size} = train_procs_per_node × nodes of train_segment, as the profile or "

@@ -39,15 +39,18 @@ wildcard_constraints:
 
 def declared_train_processes():
     """The world size of a training job as the profile or --set-resources declare it: train_segment's
-    train_procs_per_node × nodes (1 each unless set; lmrepro.slurm.launch_prefix starts that many).
+    train_procs_per_node × nodes (1 each unless set; lmrepro.slurm.launch_prefix starts that many); None
+    when one is an expression only a job can evaluate.
     """
     declared = workflow.resource_settings.overwrite_resources.get("train_segment", {})
     sizes = [declared.get(key) for key in ("train_procs_per_node", "nodes")]
-    sizes = [
-        getattr(size, "value", size) for size in sizes
-    ]  # a snakemake Resource, or None
-    sizes = [int(size) if isinstance(size, int | str) else 1 for size in sizes]
-    return sizes[0] * sizes[1]
+    if any(size is not None and size.is_evaluable() for size in sizes):
+        return None  # an expression that only a job evaluates
+    sizes = [getattr(size, "value", None) for size in sizes]  # snakemake Resources
+    sizes = [1 if size is None else size for size in sizes]
+    if not all(str(size).isdigit() for size in sizes):
+        return None
+    return int(sizes[0]) * int(sizes[1])
 
 
 # Every run's trainer config rendered, its model and layout planned, its files looked at: a user error
