@@ -42,7 +42,7 @@ report: "workflow/report/workflow.rst"
 
 
 with stop_on_user_error():
-    check_schema(config, SCHEMA)
+    check_schema(config, os.path.join(workflow.basedir, SCHEMA))
     check_command_line(
         workflow.resource_settings.cores, command_line_targets(), config["runs"]
     )

@@ -31,7 +31,7 @@ class ConfigFileError(ValueError):
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """The YAML mapping in `path`; ConfigFileError names the file, line and column of a syntax error or a
     duplicate key, FileNotFoundError a file that does not exist."""
-    path = Path(path)
+    path = _shown(Path(path))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file does not exist")
     text = path.read_text(encoding="utf-8", errors="replace")
@@ -49,6 +49,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         kind = type(data).__name__
         raise ConfigFileError(f"{path}: a config file holds a mapping (datasets:, runs:, …), not a {kind}")
     return data
+
+
+def _shown(path: Path) -> Path:
+    """`path` relative to the working directory if it is below it (Snakemake makes --configfile absolute)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 def _refuse_duplicate_keys(node: yaml.Node, path: Path, where: str) -> None:

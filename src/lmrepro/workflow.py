@@ -213,7 +213,9 @@ def check_run_layout(
     """The model shape, then the parallel degrees and the batch arithmetic for the run's world size, by the
     trainer's own checked_model_args / plan_layout (torch is imported only for a model.hf run); returns
     (RunLayout, the trainer's planned Layout). The world size is the run's layout (nodes × processes per
-    node) unless the profile or --set-resources declare train_segment's train_procs_per_node / nodes."""
+    node) unless the profile or --set-resources declare train_segment's train_procs_per_node / nodes
+    (``declared_train``; ``{"evaluated_by_job": True}`` when one is an expression only a job evaluates: the
+    model shape is checked, the layout left to the job)."""
     from lmrepro.train.layout import checked_model_args, plan_layout
 
     hf = job.model.hf
@@ -225,6 +227,8 @@ def check_run_layout(
     except (ValueError, FileNotFoundError) as e:
         raise type(e)(f"runs.{run}: {e}") from None
     layout = run_layout(spec, run)
+    if (declared_train or {}).get("evaluated_by_job"):  # e.g. processes by attempt: the job plans them
+        return layout, None
     declared = {key: value for key, value in (declared_train or {}).items() if value}
     processes = declared.get("train_procs_per_node", layout.processes_per_node)
     nodes = declared.get("nodes", layout.nodes)

@@ -142,6 +142,13 @@ def no_edit(workdir: Path) -> None:
     pass
 
 
+def experiment_with_duplicate_dataset(workdir: Path) -> None:
+    """An experiment file (--configfile) whose datasets: block was pasted twice."""
+    text = (workdir / CONFIG).read_text()
+    block = text[: text.index("tokenizers:")]
+    (workdir / "config" / "experiments" / "dup.yaml").write_text(text + block)
+
+
 # Each case: (edit, substrings of the first line of the error output, snakemake arguments).
 ALL = ("--cores", "1", "all")
 CASES: dict[str, tuple[Callable[[Path], None], list[str], tuple[str, ...]]] = {
@@ -213,6 +220,11 @@ CASES: dict[str, tuple[Callable[[Path], None], list[str], tuple[str, ...]]] = {
         ALL,
     ),
     # the command line
+    "a duplicate key in a --configfile": (
+        experiment_with_duplicate_dataset,
+        ["config/experiments/dup.yaml:", "duplicate key datasets (first at line 1)"],
+        ("--cores", "1", "--configfile", "config/experiments/dup.yaml", "--", "all"),
+    ),
     "a target naming an unknown run": (
         no_edit,
         [

@@ -48,16 +48,18 @@ wildcard_constraints:
 def declared_train_layout():
     """What the profile or --set-resources declare for train_segment's train_procs_per_node and nodes
     (None where they leave them to the runs' layouts): they override a run's layout in its jobs.
+    {"evaluated_by_job": True} when one is an expression only a job can evaluate (e.g. by attempt).
     """
     declared = workflow.resource_settings.overwrite_resources.get("train_segment", {})
     sizes = {key: declared.get(key) for key in ("train_procs_per_node", "nodes")}
+    if any(size is not None and size.is_evaluable() for size in sizes.values()):
+        return {"evaluated_by_job": True}
     sizes = {
-        key: getattr(size, "value", size) for key, size in sizes.items()
-    }  # a snakemake Resource, or None
-    return {
-        key: int(size) if isinstance(size, int | str) else None
-        for key, size in sizes.items()
-    }
+        key: getattr(size, "value", None) for key, size in sizes.items()
+    }  # snakemake Resources
+    if not all(size is None or str(size).isdigit() for size in sizes.values()):
+        return {"evaluated_by_job": True}
+    return {key: None if size is None else int(size) for key, size in sizes.items()}
 
 
 # Every run's trainer config rendered, its model and layout planned, its files looked at: a user error
