@@ -80,6 +80,7 @@ def test_pipeline_outputs(finished_workflow):
             mc = json.loads((results / f"runs/{run}/eval/step-{step}/mc.json").read_text())
             assert (loss["run"], loss["step"], loss["kind"]) == (run, step, "loss")
             assert mc["num_examples"] == 16 and 0.0 <= mc["metrics"]["acc"] <= 1.0
+            assert all((r["device"], r["dtype"]) == ("cpu", "float32") for r in (loss, mc))  # auto, no GPU
         # retention (keep_optimizer_last_k = 1): only the last segment keeps its optimizer state
         infos = {
             s: json.loads((results / f"runs/{run}/checkpoints/step-{s}/meta.json").read_text())
