@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.lmrepro-installed
 # Pinned, tested versions for these CPU machines (torch==2.13.0 is the local CPU wheel); users on other
-# machines can `pip install -e ".[eval,dev,wandb]"` with pyproject's ranges instead.
+# machines can `pip install -e ".[eval,dev,wandb,torchtune]"` with pyproject's ranges instead.
 CONSTRAINTS ?= constraints/cpu.txt
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
@@ -20,7 +20,7 @@ export TRANSFORMERS_OFFLINE := 1
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[eval,dev,wandb]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[eval,dev,wandb,torchtune]"
 	@touch $@
 
 setup: $(STAMP)

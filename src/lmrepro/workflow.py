@@ -104,7 +104,12 @@ def check_config(config: dict[str, Any], root: str | Path = ".", declared_train:
             raise FileNotFoundError(f"tokenizers.{name}.path: {spec['path']} does not exist")
         else:
             _check_tokenizer_file(name, spec, root)
+    lm_eval_evals = {name: spec for name, spec in evals.items() if spec["kind"] == "lm_eval"}
+    if lm_eval_evals and any(set(r.get("evals", [])) & set(lm_eval_evals) for r in config["runs"].values()):
+        check_lm_eval_evals(lm_eval_evals)
     for name, spec in evals.items():
+        if spec["kind"] == "lm_eval":
+            continue
         _require(datasets, spec["dataset"], f"evals.{name}.dataset", "dataset")
         source = datasets[spec["dataset"]]
         wanted = spec.get("split") or Path(spec["file"]).stem
@@ -244,6 +249,24 @@ def check_run_layout(
             f"runs.{run}.layout ({layout.nodes} nodes × {layout.processes_per_node} processes = "
             f"{layout.world_size} ranks): {e}"
         ) from None
+
+
+def check_lm_eval_evals(evals: dict[str, dict]) -> None:
+    """lm_eval evals name tasks the installed lm-eval knows, whose data is in the offline datasets cache
+    (lm-eval's task index is built once, ~15 s on 2 cores: only when a run asks for such an eval)."""
+    from lmrepro.eval.harness import _offline
+    from lmrepro.eval.lm_eval_tasks import _task_manager, check_task_names, check_tasks_cached
+
+    with _offline():
+        task_manager = _task_manager(None)
+        for name, spec in evals.items():
+            try:
+                check_task_names([spec["task"]], task_manager)
+                check_tasks_cached([spec["task"]], task_manager)
+            except ValueError as e:
+                raise ValueError(
+                    f"evals.{name}.task = {spec['task']!r}: {' '.join(str(e).split())}"
+                ) from None
 
 
 def _check_hf_model(run: str, spec: dict, job: Any, root: Path) -> None:
@@ -681,7 +704,17 @@ def _check_run_kinds(run: str, spec: dict, config: dict[str, Any]) -> None:
     reads = tokenizer_reads(tokenizer)
     evals = config.get("evals", {})
     named = {f"runs.{run}.dataset {d!r}": d for d in run_datasets(spec)}
-    named |= {f"runs.{run}.evals[] {t!r}": evals[t]["dataset"] for t in spec.get("evals", [])}
+    named |= {
+        f"runs.{run}.evals[] {t!r}": evals[t]["dataset"]
+        for t in spec.get("evals", [])
+        if "dataset" in evals[t]
+    }
+    lm_eval = [t for t in spec.get("evals", []) if evals[t]["kind"] == "lm_eval"]
+    if lm_eval and reads == "spikes":
+        raise ValueError(
+            f"runs.{run}.evals[] {lm_eval[0]!r}: lm-eval tasks score text; a spike run "
+            f"({spec['tokenizer']!r}) is evaluated by kind loss or ngram"
+        )
     for where, dataset in named.items():
         kind = dataset_kind(config["datasets"][dataset])
         if kind != reads:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import yaml
 from helpers import copy_workflow, planned_job, sbatch_line
 from test_workflow import snakemake
 
@@ -48,6 +49,19 @@ def dry_run(workdir: Path, experiment: str, *targets: str):
     return result.stdout
 
 
+def without_lm_eval_suite(workdir: Path, experiment: str) -> None:
+    """The preset's lm-eval tasks need their data in the offline datasets cache at parse time (a site's
+    cache; the check itself: tests/unit/test_lm_eval_tasks.py): this test plans the training layout only."""
+    path = workdir / "config" / "experiments" / f"{experiment}.yaml"
+    config = yaml.safe_load(path.read_text())
+    suite = {name for name, spec in config["evals"].items() if spec["kind"] == "lm_eval"}
+    assert suite, "the preset lists its lm-eval suite"
+    for run in config["runs"].values():
+        run["evals"] = [name for name in run.get("evals", []) if name not in suite]
+    config["evals"] = {name: spec for name, spec in config["evals"].items() if name not in suite}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 def fake_frontier_site_files(workdir: Path) -> None:
     base = workdir / "models" / "Llama-3.1-8B" / "original"
     base.mkdir(parents=True)
@@ -63,6 +77,7 @@ def fake_frontier_site_files(workdir: Path) -> None:
 def test_frontier_trains_on_64_nodes_of_8_gpus_in_the_seeds_mesh(tmp_path: Path) -> None:
     workdir = copy_workflow(tmp_path / "frontier")
     fake_frontier_site_files(workdir)
+    without_lm_eval_suite(workdir, "frontier-torchtitan")
     out = dry_run(workdir, "frontier-torchtitan", "results/runs/llama-3.1-8b-cpt/checkpoints/step-1000")
     resources, shell = planned_job(out, "train_segment")
     assert {k: resources[k] for k in ("nodes", "tasks", "mpi", "gres", "train_procs_per_node")} == {

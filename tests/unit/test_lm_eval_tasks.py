@@ -266,3 +266,69 @@ def test_unknown_and_uncached_tasks_fail_before_scoring(env, monkeypatch) -> Non
     assert "(config 'ARC-Challenge')" in msg and "task 'arc_easy'" not in msg  # arc_easy is cached
     with pytest.raises(ValueError, match=r"task 'piqa' needs dataset .*piqa"):
         run_lm_eval_tasks(env["model"], ["piqa"], task_manager=env["tm"])
+
+
+# ---- the workflow's eval kind lm_eval: one task per eval, checked while the workflow is parsed ----------
+
+
+def _export_of(env) -> Path:
+    """An export folder as export_checkpoint writes it: hf/ + export.json."""
+    export = env["root"] / "export" / "step-5"
+    if not export.exists():
+        export.mkdir(parents=True)
+        shutil.copytree(env["model"], export / "hf")
+        (export / "export.json").write_text(json.dumps({"run": "tiny", "step": 5, "tokens_seen": 640}))
+    return export
+
+
+def test_an_lm_eval_eval_writes_the_tasks_numbers_in_the_eval_schema(env) -> None:
+    from lmrepro.eval.results import evaluate_lm_eval_task
+
+    out = env["root"] / "eval" / "arc.json"
+    record = evaluate_lm_eval_task(
+        _export_of(env), "arc", "arc_easy", out, limit=LIMIT, batch_size=4, device="cpu",
+        task_manager=env["tm"],
+    )  # fmt: skip
+    (direct,) = run_lm_eval_tasks(
+        env["model"], ["arc_easy"], limit=LIMIT, batch_size=4, task_manager=env["tm"]
+    )
+    assert json.loads(out.read_text()) == record
+    assert (record["run"], record["step"], record["tokens_seen"], record["task"]) == ("tiny", 5, 640, "arc")
+    assert (record["kind"], record["lm_eval_task"], record["num_examples"]) == ("lm_eval", "arc_easy", LIMIT)
+    assert record["metrics"] == direct["metrics"] and set(record["metrics"]) >= {"acc", "acc_norm"}
+    assert record["lm_eval"]["command"] == direct["lm_eval"]["command"].replace(
+        str(env["model"]), str(_export_of(env) / "hf")
+    )
+    assert record["subtasks"] == [] and (record["device"], record["dtype"]) == ("cpu", "float32")
+
+
+def test_lm_eval_tasks_are_checked_before_any_job(env, monkeypatch) -> None:
+    import yaml
+
+    from lmrepro.eval import lm_eval_tasks
+    from lmrepro.workflow import check_config
+
+    monkeypatch.setattr(lm_eval_tasks, "_task_manager", lambda tm: env["tm"])
+    repo = Path(__file__).resolve().parents[2]
+    base = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+
+    def check(task: str, **run) -> None:
+        config = json.loads(json.dumps(base))
+        config["evals"]["suite"] = {"kind": "lm_eval", "task": task, "batch_size": 8, "device": "auto",
+                                    "dtype": "float32"}  # fmt: skip
+        config["runs"]["tiny"]["evals"] = ["heldout", "suite"]
+        config["runs"]["tiny"].update(run)
+        check_config(config, root=repo)
+
+    check("arc_easy")  # known and cached
+    with pytest.raises(ValueError, match=r"^evals\.suite\.task = 'arc_eazy': unknown lm-eval task.*arc_easy"):
+        check("arc_eazy")
+    with pytest.raises(ValueError) as e:
+        check("piqa")
+    assert str(e.value).startswith("evals.suite.task = 'piqa': task 'piqa' needs dataset")
+    assert "not in the offline datasets cache" in str(e.value) and "\n" not in str(e.value)
+    masked = json.loads(json.dumps(base["runs"]["tiny"]["overrides"]))
+    masked["model"] = {"overrides": {"causal": False}}
+    masked["training"].update(objective="mlm", mlm={"mask_token": "<|pad|>"})
+    with pytest.raises(ValueError, match=r"^runs\.tiny\.evals: suite is a lm_eval eval .*causal models only"):
+        check("gsm8k", overrides=masked)  # a generative task (or any lm-eval task) on a masked LM

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import FULL_SIZE_PRESETS
 
 from lmrepro.plan import experiment_plan, load_experiment, plan_rows, run_plan
@@ -193,3 +194,23 @@ def test_more_processes_than_gpus_is_refused() -> None:
     spec["layout"]["processes_per_node"] = 8
     with pytest.raises(ValueError, match=r"layout\.processes_per_node = 8 exceeds gpus_per_node = 4"):
         run_plan("gpt-neo-125m-wikitext2", spec, config["evals"], REPO)
+
+
+def test_the_seeds_lm_eval_suites_are_lm_eval_tasks_of_the_presets() -> None:
+    """frontier-torchtitan's eval_configs/*.yaml tasks and the Llemma paper's suite, as evals of kind
+    lm_eval that their runs name (lm-eval's own task definitions; checked offline at parse time)."""
+    suites = {
+        "frontier-torchtitan": (
+            ["llama-3.1-8b-cpt"],
+            {"mmlu", "mmlu_pro", "ai2_arc", "gsm8k", "agieval_en", "drop", "bbh", "winogrande", "hellaswag"},
+        ),
+        "llemma": (["llemma-7b", "llemma-34b"], {"minerva_math", "gsm8k", "mmlu_stem"}),
+    }
+    for experiment, (runs, tasks) in suites.items():
+        config = yaml.safe_load((EXPERIMENTS / f"{experiment}.yaml").read_text())
+        named = {n: e["task"] for n, e in config["evals"].items() if e["kind"] == "lm_eval"}
+        assert set(named.values()) == tasks, experiment
+        for run in runs:
+            assert set(named) <= set(config["runs"][run]["evals"]), run
+    llemma = yaml.safe_load((EXPERIMENTS / "llemma.yaml").read_text())["evals"]
+    assert llemma["minerva_math"]["num_fewshot"] == 4  # MATH 4-shot, as the paper reports it

@@ -164,6 +164,23 @@ def mc_eval_limit(wildcards):
     return f"--limit {limit}" if limit else ""
 
 
+def lm_eval_options(wildcards):
+    """evals.<task> of kind lm_eval as eval_lm_eval.py's options (unset ones: the task's own defaults)."""
+    spec = config["evals"][wildcards.task]
+    options = {
+        "--lm-eval-task": spec["task"],
+        "--num-fewshot": spec.get("num_fewshot"),
+        "--limit": spec.get("limit"),
+        "--batch-size": spec.get("batch_size", 8),
+        "--max-gen-toks": spec.get("max_gen_toks"),
+    }
+    return " ".join(
+        f"{flag} {shlex.quote(str(value))}"
+        for flag, value in options.items()
+        if value is not None
+    )
+
+
 def run_evals(settings, *kinds):
     return [t for t in settings.get("evals", []) if config["evals"][t]["kind"] in kinds]
 
@@ -173,7 +190,7 @@ def all_eval_outputs(wildcards=None):
         eval_result(run, step, task)
         for run, settings in config["runs"].items()
         for step in eval_steps(settings)
-        for task in run_evals(settings, "loss", "multiple_choice")
+        for task in run_evals(settings, "loss", "multiple_choice", "lm_eval")
     ]
 
 
@@ -210,7 +227,7 @@ def checkpoint_readers(wildcards):
         return []
     return [
         eval_result(wildcards.run, wildcards.step, task)
-        for task in run_evals(settings, "loss", "multiple_choice")
+        for task in run_evals(settings, "loss", "multiple_choice", "lm_eval")
     ]
 
 

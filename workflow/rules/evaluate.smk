@@ -65,6 +65,37 @@ rule eval_multiple_choice:
         "--device {params.device} --dtype {params.dtype} --out {output.result:q} > {log:q} 2>&1"
 
 
+rule eval_lm_eval:
+    """One of lm-eval's built-in tasks (hellaswag, arc_easy, mmlu, gsm8k, ...) scored on the exported Hugging
+    Face model, offline from the local datasets cache (checked while the workflow is parsed).
+    """
+    input:
+        export=rules.export_checkpoint.output.export,
+    output:
+        result="results/runs/{run}/eval/step-{step}/{task}.json",
+    log:
+        "results/logs/eval/{run}/step-{step}/{task}.log",
+    benchmark:
+        "results/benchmarks/eval/{run}/step-{step}/{task}.tsv"
+    wildcard_constraints:
+        task=names_of_kind(config.get("evals", {}), "lm_eval"),
+    conda:
+        LMREPRO_ENV
+    resources:
+        gres=job_resource("eval", "gres"),
+        tasks_per_gpu=job_resource("eval", "tasks_per_gpu"),
+        mem_mb=job_resource("eval", "mem_mb"),
+        runtime=job_resource("eval", "runtime"),
+    params:
+        options=lm_eval_options,
+        device=lookup(dpath="evals/{task}/device", within=config),
+        dtype=lookup(dpath="evals/{task}/dtype", within=config),
+    shell:
+        "python workflow/scripts/eval_lm_eval.py --export {input.export:q} --task {wildcards.task} "
+        "{params.options} --device {params.device} --dtype {params.dtype} --out {output.result:q} "
+        "> {log:q} 2>&1"
+
+
 rule eval_ngram:
     """A Laplace-smoothed n-gram fitted on the run's training shards, in nats per token on the targets the
     run's loss evals score (a baseline beside the model's loss in the report)."""

@@ -1,6 +1,6 @@
 """One evaluation JSON per (run, step, task), in one schema for every kind of task.
 
-{"run", "step", "tokens_seen", "task", "kind": "loss" | "multiple_choice", "metrics": {...},
+{"run", "step", "tokens_seen", "task", "kind": "loss" | "multiple_choice" | "lm_eval", "metrics": {...},
  "source": path evaluated, "provenance": {...}}
 """
 
@@ -188,6 +188,67 @@ def evaluate_multiple_choice_task(
         "dtype": dtype,
         "lm_eval_version": result.get("lm_eval_version"),
         "lm_eval": result.get("lm_eval"),  # settings + the `lm_eval` command line that reproduces it
+        "source": str(export_dir),
+        "provenance": provenance(),
+    }
+    write_result(out, record)
+    return record
+
+
+def evaluate_lm_eval_task(
+    export_dir: str | Path,
+    task: str,
+    lm_eval_task: str,
+    out: str | Path,
+    *,
+    num_fewshot: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_gen_toks: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    task_manager=None,
+) -> dict:
+    """One of lm-eval's built-in tasks (or groups: mmlu, bbh, ...) on an export's ``hf/`` folder, offline
+    from the local datasets cache (lmrepro.eval.lm_eval_tasks); the eval JSON holds the task's (or group's)
+    metrics and, for a group, its subtasks' under ``subtasks``."""
+    from lmrepro.eval.lm_eval_tasks import run_lm_eval_tasks
+
+    info = read_json(Path(export_dir) / "export.json")
+    if dtype not in EVAL_DTYPES:
+        raise ValueError(f"eval dtype {dtype!r} is not valid; choose one of {sorted(EVAL_DTYPES)}")
+    device = eval_device(device)
+    results = run_lm_eval_tasks(
+        Path(export_dir) / "hf",
+        [lm_eval_task],
+        num_fewshot=num_fewshot,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
+        task_manager=task_manager,
+    )
+    main = next((r for r in results if r["task"] == lm_eval_task), results[0])
+    log.info("%s (%s) step %d: %s", task, lm_eval_task, info["step"], main["metrics"])
+    record = {
+        "run": info.get("run"),
+        "step": info["step"],
+        "tokens_seen": info["tokens_seen"],
+        "task": task,
+        "kind": "lm_eval",
+        "lm_eval_task": lm_eval_task,
+        "metrics": main["metrics"],
+        "num_examples": main["num_examples"],
+        "subtasks": [
+            {"task": r["task"], "metrics": r["metrics"], "num_examples": r["num_examples"]}
+            for r in results
+            if r is not main
+        ],
+        "device": device,
+        "dtype": dtype,
+        "lm_eval_version": main["lm_eval_version"],
+        "lm_eval": main["lm_eval"],  # settings + the `lm_eval` command line that reproduces it
         "source": str(export_dir),
         "provenance": provenance(),
     }
