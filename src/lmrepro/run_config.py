@@ -6,6 +6,7 @@ prepared raw files. Precedence: preset < run overrides < the values the workflow
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 from lmrepro.config import (
@@ -85,4 +86,43 @@ def write_run_token_weights(config: str | Path, tokenizer: str | Path, out: str 
         cap=job.training.token_weights_cap,
         sep_id=getattr(tok, "sep_id", None),
         sep_weight=job.training.token_weights_sep,
+    )
+
+
+def _flat(table: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def replaced_results(run: str, settings: dict, results: str | Path = "results") -> str | None:
+    """One line saying which finished results of ``run`` a rerun will replace, when its trainer config as
+    the workflow renders it now differs from the ``train.toml`` those results were trained with (Snakemake
+    then reruns the run and removes each output before its job runs); None when nothing would be replaced
+    or the new config cannot be rendered yet (the workflow's own checks report that)."""
+    run_dir = Path(results) / "runs" / run
+    recorded = run_dir / "train.toml"
+    finished = sorted((run_dir / "checkpoints").glob("step-*")) if recorded.is_file() else []
+    if not finished:
+        return None
+    try:
+        now = _flat(tomllib.loads(run_config_toml(run, settings)))
+        before = _flat(tomllib.loads(recorded.read_text()))
+    except Exception:  # noqa: BLE001 - not renderable yet (e.g. a tokenizer still to build)
+        return None
+    changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+    if not changed:
+        return None
+    shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    exports = len(list((run_dir / "export").glob("step-*")))
+    evals = len(list((run_dir / "eval").glob("step-*/*.json")))
+    return (
+        f"runs.{run}: its trainer config changed since {recorded} was written ({shown}{more}); running it "
+        f"replaces its {len(finished)} finished checkpoints, {exports} exports and {evals} eval results; to "
+        f"keep them, give the changed run a new name (it trains beside the old one) or move {run_dir} away"
     )

@@ -286,3 +286,23 @@ def test_a_missing_configfile_is_snakemakes_own_error(finished_run, tmp_path):
     assert result.returncode != 0
     assert "No such file or directory: 'config/nope.yaml'" in result.stderr.strip().splitlines()[-1]
     assert results_sha256(workdir) == before
+
+
+def test_a_changed_run_says_which_finished_results_a_rerun_replaces(finished_run, tmp_path):
+    """A valid change of a finished run's trainer config reruns it, and Snakemake removes each output before
+    its job runs: the plan (`-n` too) says so first, naming the changed keys and what would be replaced."""
+    workdir = tmp_path / "workflow"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    before = results_sha256(workdir)
+    config_edit(override("optimizer", lr=0.01))(workdir)
+    result = _snakemake(workdir, "--cores", "1", "-n", "all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning: runs.tiny:")]
+    assert "its trainer config changed since results/runs/tiny/train.toml was written" in warning
+    assert "optimizer.lr: 0.003 -> 0.01" in warning
+    assert "replaces its 3 finished checkpoints" in warning and "give the changed run a new name" in warning
+    assert "train_segment" in result.stdout  # and Snakemake plans the rerun the warning announces
+    assert results_sha256(workdir) == before
+    unchanged = tmp_path / "unchanged"
+    shutil.copytree(finished_run, unchanged, symlinks=True)
+    assert "warning: runs.tiny" not in _snakemake(unchanged, "--cores", "1", "-n", "all").stderr

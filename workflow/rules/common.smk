@@ -2,6 +2,9 @@
 # lmrepro.workflow, the launcher from lmrepro.slurm: logic lives in the package.
 import json
 import shlex
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 from lmrepro.data.sources import local_input_paths
 from lmrepro.run_layout import job_resources, run_layout, train_resources
@@ -115,6 +118,25 @@ def render_settings(wildcards):
         k: v for k, v in run_settings(wildcards.run).items() if k not in NOT_RENDERED
     }
     return json.dumps(settings, sort_keys=True)
+
+
+def warn_of_replaced_results():
+    """A run whose rendered trainer config changed while finished results exist: say which a rerun replaces
+    (Snakemake removes each output before its job runs), on every invocation, `-n` included.
+    """
+    for run in config["runs"]:
+        if not any(Path(checkpoint_dir(run, 0)).parent.glob("step-*")):
+            continue  # nothing finished: nothing to lose (and no torch import while parsing)
+        from lmrepro.run_config import replaced_results
+
+        message = replaced_results(
+            run, json.loads(render_settings(SimpleNamespace(run=run)))
+        )
+        if message:
+            print(f"warning: {message}", file=sys.stderr)
+
+
+warn_of_replaced_results()
 
 
 def previous_checkpoint(wildcards):
