@@ -47,6 +47,7 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
     evals = config.get("evals", {})
     for name, spec in datasets.items():
         local_input_paths(spec, root, name=name)  # every local pattern finds a file
+        _check_packing(name, spec)
     for name, spec in tokenizers.items():
         if spec["kind"] == "spike_bytes":
             continue
@@ -93,6 +94,7 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
         for task in spec.get("evals", []):
             _require(evals, task, f"{where}.evals[]", "eval")
         _check_run_kinds(run, spec, config)
+        _check_run_packing(run, spec, config, root)
         weights = run_token_weights(run, spec, root)
         if weights and weights != token_weights_path(run) and not (root / weights).is_file():
             raise FileNotFoundError(f"{where}.overrides.training.token_weights: {weights} does not exist")
@@ -506,6 +508,62 @@ def _check_run_kinds(run: str, spec: dict, config: dict[str, Any]) -> None:
                 f"runs.{run}.samples: samples are drawn for a run on one spike dataset with n_fixed (a fixed "
                 "number of neurons); set runs.<run>.dataset to such a dataset or remove samples"
             )
+
+
+def _check_packing(name: str, spec: dict) -> None:
+    from lmrepro.data.packing import Packing
+
+    try:
+        Packing.of_dataset(spec)
+    except ValueError as e:
+        raise ValueError(f"datasets.{name}.{e}") from None
+    if dataset_kind(spec) == "spikes" and "packing" in spec:
+        raise ValueError(f"datasets.{name}.packing: spike rows are concatenated as they are; remove packing")
+
+
+def _check_run_packing(run: str, spec: dict, config: dict[str, Any], root: Path) -> None:
+    """Every dataset the run tokenizes (training and loss evals) has a packing its tokenizer can do: the
+    separator token is in the vocabulary; streaming reads documents as BOS + text + EOS only."""
+    from lmrepro.data.packing import DEFAULT_PACKING, Packing
+
+    evals = config.get("evals", {})
+    loss_sets = [evals[t]["dataset"] for t in spec.get("evals", []) if evals[t]["kind"] in ("loss", "ngram")]
+    tokenizer = config["tokenizers"][spec["tokenizer"]]
+    for name in dict.fromkeys([*run_datasets(spec), *loss_sets]):
+        where = f"datasets.{name}"
+        packing = Packing.of_dataset(config["datasets"][name])  # valid: check_config read it already
+        if packing == DEFAULT_PACKING:
+            continue
+        if run_data_mode(spec, root) == "streaming" and name in run_datasets(spec):
+            raise ValueError(
+                f"{where}.packing = {packing.mode!r}: runs.{run} reads it in streaming mode, which joins "
+                "documents as BOS + text + EOS only; use data.mode = shards or packing bos_eos"
+            )
+        token = packing.separator_token
+        if packing.mode == "separator" and parse_time_token_id(tokenizer, token, root) is None:
+            bpe = tokenizer["kind"] == "bpe"
+            known = f"; a bpe tokenizer trained here has {list(_bpe_specials())}" if bpe else ""
+            raise ValueError(
+                f"{where}.separator_token = {token!r} is not a token of tokenizer {spec['tokenizer']!r} "
+                f"(runs.{run}.tokenizer){known}"
+            )
+
+
+def _bpe_specials() -> tuple[str, ...]:
+    from lmrepro.data.tokenizer import BPE_SPECIAL_TOKENS
+
+    return BPE_SPECIAL_TOKENS
+
+
+def parse_time_token_id(tokenizer: dict, token: str, root: str | Path = ".") -> int | None:
+    """A token's id in a tokenizer before any job: a tokenizer the workflow trains (bpe) knows only its
+    special tokens yet; the others are read from their files (None: not a token)."""
+    from lmrepro.data.tokenizer import load_tokenizer
+
+    if tokenizer["kind"] == "bpe":
+        specials = _bpe_specials()
+        return specials.index(token) if token in specials else None
+    return load_tokenizer(Path(root) / tokenizer["path"]).token_to_id(token)
 
 
 def _check_run_data(run: str, spec: dict, datasets: dict) -> None:

@@ -1,6 +1,7 @@
 # Named helpers for the rules (input functions, params) and the parse-time config check. Paths come from
 # lmrepro.workflow, the launcher from lmrepro.slurm: logic lives in the package.
 import json
+import shlex
 
 from lmrepro.data.sources import local_input_paths
 from lmrepro.slurm import launch_prefix
@@ -155,7 +156,10 @@ def all_segment_checkpoints(wildcards=None):
 
 
 def dataset_spec(wildcards):
-    return json.dumps(config["datasets"][wildcards.dataset], sort_keys=True)
+    """What prepare_dataset reads (packing shapes the tokenize step only, so it reruns alone)."""
+    spec = config["datasets"][wildcards.dataset]
+    skip = ("packing", "separator_token")
+    return json.dumps({k: v for k, v in spec.items() if k not in skip}, sort_keys=True)
 
 
 def run_preset(wildcards):
@@ -204,6 +208,15 @@ def download_threads(wildcards):
 def tokenize_threads(wildcards):
     """Encoding processes (capped by --cores); the small synthetic default stays one process."""
     return 1 if config["datasets"][wildcards.dataset]["source"] == "synthetic" else 8
+
+
+def packing_args(wildcards):
+    """The dataset's packing (datasets.<name>.packing, separator_token) as tokenize_split.py flags."""
+    spec = config["datasets"][wildcards.dataset]
+    flags = f"--packing {spec.get('packing', 'bos_eos')}"
+    if "separator_token" in spec:
+        flags += f" --separator-token {shlex.quote(spec['separator_token'])}"
+    return flags
 
 
 def tokenizer_spec(wildcards):

@@ -104,7 +104,7 @@ rule patch_tokenizer:
 rule tokenize:
     """One split of a dataset encoded into binary token shards + index.json, in `threads` processes.
 
-    Text documents, or spike-count rows (kind spikes: lab filter, n_fixed, byte or patch tokens; index.json
+    Text documents joined by the dataset's packing (a change of it encodes again), or spike-count rows (kind spikes: lab filter, n_fixed, byte or patch tokens; index.json
     counts the rows kept and skipped). Finished shards wait in the undeclared
     results/data/{dataset}/{tokenizer}/.work-{split}/ until all are done, so a rerun after a failure encodes
     only the missing ones.
@@ -121,6 +121,9 @@ rule tokenize:
     conda:
         LMREPRO_ENV
     threads: tokenize_threads
+    params:
+        packing=packing_args,
     shell:
         "python workflow/scripts/tokenize_split.py --raw {input.raw} --split {wildcards.split} "
-        "--tokenizer $(dirname {input.tokenizer}) --num-proc {threads} --out {output.shards} > {log} 2>&1"
+        "--tokenizer $(dirname {input.tokenizer}) {params.packing} --num-proc {threads} "
+        "--out {output.shards} > {log} 2>&1"
