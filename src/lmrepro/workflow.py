@@ -11,6 +11,8 @@ from typing import Any
 from lmrepro.config import check_weights, render_job_config
 from lmrepro.data.shards import INDEX_FILE
 from lmrepro.data.sources import local_input_paths
+from lmrepro.data.synthetic_formats import LAYOUT_SPLITS
+from lmrepro.hub import cached_snapshot, parse_time_snapshot
 
 
 def segment_boundaries(steps: int, segment_steps: int) -> list[int]:
@@ -59,6 +61,8 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
                     f"tokenizers.{name}.dataset: {spec['dataset']!r} holds {kind} rows, but a {spec['kind']} "
                     f"tokenizer learns from {tokenizer_reads(spec)}"
                 )
+        elif "repo" in spec:
+            parse_time_snapshot(f"tokenizers.{name}", "tokenizers", spec)  # offline and not cached: stop
         elif not (root / spec["path"]).exists():
             raise FileNotFoundError(f"tokenizers.{name}.path: {spec['path']} does not exist")
     for name, spec in evals.items():
@@ -80,6 +84,7 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
             )
         spikes = dataset_kind(source) == "spikes"
         synthetic_splits = ("train", "test") if spikes else ("train", "heldout", "mc")
+        synthetic_splits = LAYOUT_SPLITS.get(source.get("layout", "corpus"), synthetic_splits)
         if source["source"] == "synthetic" and wanted not in synthetic_splits:
             named = ", ".join(synthetic_splits[:-1]) + f" and {synthetic_splits[-1]}"
             raise ValueError(
@@ -128,7 +133,7 @@ def check_config(config: dict[str, Any], root: str | Path = ".") -> None:
                 )
             if transformers_base:
                 _check_run_transformers_base(run, spec, job, config, root)
-            else:
+            elif base_args[spec["init"]] is not None:
                 _check_run_base(run, spec, job, config, base_args[spec["init"]])
 
 
@@ -271,7 +276,10 @@ def parse_time_mlm_ids(mlm: Any, tokenizer: dict, root: str | Path = ".") -> dic
             vocab_size=tokenizer["vocab_size"],
             specials=specials,
         )
-    return tokenizer_mlm_ids(mlm, load_tokenizer(Path(root) / tokenizer["path"]))
+    source = parse_time_tokenizer_path(tokenizer, root)
+    if source is None:  # a Hub tokenizer not cached yet: the render checks again with the fetched files
+        return {"mask_token_id": -1, "never_mask_ids": []}
+    return tokenizer_mlm_ids(mlm, load_tokenizer(source))
 
 
 def tokenizer_mlm_ids(mlm: Any, tok: Any) -> dict:
@@ -290,11 +298,28 @@ def tokenizer_mlm_ids(mlm: Any, tok: Any) -> dict:
 
 def _check_base(name: str, spec: dict, root: Path) -> Any:
     """The base's folder exists and its config file describes a Llama (a transformers causal LM for format
-    `transformers`); returns its ModelArgs (HFCausalArgs)."""
+    `transformers`); returns its ModelArgs (HFCausalArgs). A stand-in's architecture comes from its config
+    entry; a Hub base is read from the cache, or None when it is not cached yet (offline: an error naming the
+    repo and the command that caches it)."""
     from lmrepro.checkpoint.convert import read_base_args
+    from lmrepro.checkpoint.standin_base import standin_args
     from lmrepro.model.hf_causal import hf_causal_args
 
-    path = root / spec["path"]
+    source = spec.get("source", "local")
+    if source != "local" and spec["format"] == "transformers":
+        raise ValueError(f"bases.{name}.source = {source}: a transformers base is a local folder (path)")
+    if source == "synthetic":
+        try:
+            return standin_args(spec)
+        except ValueError as e:
+            raise ValueError(f"bases.{name}.model: {e}") from None
+    if source == "hub":
+        snapshot = parse_time_snapshot(f"bases.{name}", "bases", spec)
+        if snapshot is None:
+            return None  # fetched by a job; convert_base and init_checkpoint check the architecture then
+        path = snapshot / spec.get("path", "")
+    else:
+        path = root / spec["path"]
     if not path.is_dir():
         raise FileNotFoundError(f"bases.{name}.path: {spec['path']} is not a folder")
     try:
@@ -401,6 +426,42 @@ def tokenizer_reads(spec: dict) -> str:
 
 def base_dcp_dir(base: str) -> str:
     return f"{RESULTS}/init/{base}/dcp"
+
+
+def hub_dir(section: str, name: str) -> str:
+    """What the rule fetch_hub writes for bases.<name> / tokenizers.<name> with a Hub repo."""
+    return f"{RESULTS}/hub/{section}/{name}"
+
+
+def standin_base_dir(base: str) -> str:
+    return f"{RESULTS}/init/{base}/standin"
+
+
+def base_input(base: str, spec: dict) -> str:
+    """The folder a base's conversion depends on: its own (local), the stand-in or the fetched Hub folder."""
+    source = spec.get("source", "local")
+    if source == "hub":
+        return hub_dir("bases", base)
+    return standin_base_dir(base) if source == "synthetic" else spec["path"]
+
+
+def base_folder(base: str, spec: dict) -> str:
+    """The folder holding the base's files (for a Hub base: `path` inside the fetched snapshot)."""
+    if spec.get("source", "local") == "hub":
+        return str(Path(hub_dir("bases", base)) / "snapshot" / spec.get("path", ""))
+    return base_input(base, spec)
+
+
+def tokenizer_input(tokenizer: str, spec: dict) -> str:
+    """What importing a pretrained tokenizer depends on: its `path`, or its fetched Hub folder."""
+    return hub_dir("tokenizers", tokenizer) if "repo" in spec else spec["path"]
+
+
+def tokenizer_source(tokenizer: str, spec: dict) -> str:
+    """The tokenizer's files (for a Hub tokenizer: `path` inside the fetched snapshot)."""
+    if "repo" in spec:
+        return str(Path(hub_dir("tokenizers", tokenizer)) / "snapshot" / spec.get("path", ""))
+    return spec["path"]
 
 
 def run_dir(run: str) -> str:
@@ -563,7 +624,19 @@ def parse_time_token_id(tokenizer: dict, token: str, root: str | Path = ".") -> 
     if tokenizer["kind"] == "bpe":
         specials = _bpe_specials()
         return specials.index(token) if token in specials else None
-    return load_tokenizer(Path(root) / tokenizer["path"]).token_to_id(token)
+    source = parse_time_tokenizer_path(tokenizer, root)
+    if source is None:  # a Hub tokenizer not cached yet: the tokenize step checks with the fetched files
+        return 0
+    return load_tokenizer(source).token_to_id(token)
+
+
+def parse_time_tokenizer_path(tokenizer: dict, root: str | Path = ".") -> Path | None:
+    """Where a pretrained tokenizer's files are before any job: its `path`, or inside the cached snapshot of
+    its Hub repo (None: not cached yet, to be fetched by the rule fetch_hub)."""
+    if "repo" not in tokenizer:
+        return Path(root) / tokenizer["path"]
+    snapshot = cached_snapshot("tokenizers", tokenizer)
+    return snapshot / tokenizer.get("path", "") if snapshot else None
 
 
 def _check_run_data(run: str, spec: dict, datasets: dict) -> None:

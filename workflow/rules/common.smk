@@ -8,6 +8,8 @@ from lmrepro.slurm import launch_prefix
 from lmrepro.workflow import (
     baseline_result,
     base_dcp_dir,
+    base_folder,
+    base_input,
     check_config,
     checkpoint_dir,
     eval_result,
@@ -22,6 +24,8 @@ from lmrepro.workflow import (
     run_token_weights,
     shards_dir,
     tokenizer_file,
+    tokenizer_input,
+    tokenizer_source,
     train_shards_dir,
     with_validation,
 )
@@ -220,7 +224,32 @@ def packing_args(wildcards):
 
 
 def tokenizer_spec(wildcards):
-    return json.dumps(config["tokenizers"][wildcards.tokenizer], sort_keys=True)
+    """The tokenizer's entry, its `path` resolved to its files (inside the fetched snapshot for a Hub one)."""
+    name = wildcards.tokenizer
+    spec = config["tokenizers"][name]
+    return json.dumps({**spec, "path": tokenizer_source(name, spec)}, sort_keys=True)
+
+
+def pretrained_tokenizer_input(wildcards):
+    name = wildcards.tokenizer
+    return tokenizer_input(name, config["tokenizers"][name])
+
+
+def hub_spec(wildcards):
+    return json.dumps(config[wildcards.section][wildcards.name], sort_keys=True)
+
+
+def base_spec(wildcards):
+    return json.dumps(config["bases"][wildcards.base], sort_keys=True)
+
+
+def base_source(wildcards):
+    """What the conversion depends on: the base's folder, its stand-in or its fetched Hub folder."""
+    return base_input(wildcards.base, config["bases"][wildcards.base])
+
+
+def base_source_folder(wildcards):
+    return base_folder(wildcards.base, config["bases"][wildcards.base])
 
 
 def run_init_base(wildcards):
@@ -228,7 +257,7 @@ def run_init_base(wildcards):
     place by from_pretrained; none means a seeded random init."""
     base = run_settings(wildcards.run).get("init")
     if base and config["bases"][base]["format"] == "transformers":
-        return [config["bases"][base]["path"]]
+        return [base_folder(base, config["bases"][base])]
     return [base_dcp_dir(base)] if base else []
 
 

@@ -44,9 +44,10 @@ rule train_tokenizer:
 
 
 rule import_tokenizer:
-    """A pretrained tokenizer (kinds hf, tiktoken, sentencepiece), with tokenizer.json for the HF export."""
+    """A pretrained tokenizer (kinds hf, tiktoken, sentencepiece; a local path or fetched from the Hub by
+    fetch_hub), with tokenizer.json for the HF export."""
     input:
-        source=lookup(dpath="tokenizers/{tokenizer}/path", within=config),
+        source=pretrained_tokenizer_input,
     output:
         tokenizer="results/tokenizers/{tokenizer}/tokenizer.json",
     log:
