@@ -63,6 +63,9 @@ def test_every_twin_runs_to_its_report(tmp_path: Path) -> None:
         losses = [row["loss"] for row in rows if "loss" in row]
         assert losses and all(math.isfinite(x) for x in losses), run
         assert max(row["step"] for row in rows) == last, run
+        if "validation" in spec:  # held-out loss inside the training job, on the seed's cadence
+            val = [row["val_loss"] for row in rows if "val_loss" in row]
+            assert val and all(math.isfinite(x) for x in val), run
         for task in spec["evals"]:
             result_file = results / f"runs/{run}/eval/step-{last}/{task}.json"
             metrics = json.loads(result_file.read_text())["metrics"]
