@@ -68,8 +68,16 @@ def with_hub_base(root: Path, repo: str, **model_overrides) -> dict:
     return cfg
 
 
+def schema_valid(cfg: dict) -> dict:
+    import jsonschema
+
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    jsonschema.validate(cfg, yaml.safe_load(schema.read_text()))
+    return cfg
+
+
 def test_a_cached_hub_base_is_checked_offline_at_parse_time(offline_cache: Path, root: Path) -> None:
-    check_config(with_hub_base(root, "org/tiny-llama"), root)
+    check_config(schema_valid(with_hub_base(root, "org/tiny-llama")), root)
     with pytest.raises(ValueError, match="model.n_layers"):  # the base's config.json was read from the cache
         check_config(with_hub_base(root, "org/tiny-llama", n_layers=2), root)
 
@@ -100,7 +108,7 @@ def test_a_hub_tokenizer_is_read_from_the_cache_at_parse_time(offline_cache: Pat
     cfg["tokenizers"]["hubtok"] = {"kind": "hf", "repo": "org/tiny-tok", "revision": "main"}
     cfg["runs"]["tiny"]["tokenizer"] = "hubtok"
     cfg["datasets"]["synthetic"] |= {"packing": "separator", "separator_token": "<|eot_id|>"}
-    check_config(cfg, root)
+    check_config(schema_valid(cfg), root)
     cfg["datasets"]["synthetic"]["separator_token"] = "<|eom_id|>"
     with pytest.raises(ValueError, match=re.escape("'<|eom_id|>' is not a token of tokenizer 'hubtok'")):
         check_config(cfg, root)
