@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,6 @@ import yaml
 
 from lmrepro.checkpoint.convert import read_base_args
 from lmrepro.checkpoint.standin_base import standin_args, write_standin_base
-from lmrepro.hub import fetch
 from lmrepro.workflow import base_folder, check_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,15 +94,30 @@ def test_an_uncached_hub_base_offline_stops_before_any_job(offline_cache: Path, 
     assert "hf download org/missing --revision main --include '*.json'" in first
 
 
-def test_fetch_resolves_offline_to_the_cached_snapshot(offline_cache: Path, tmp_path: Path) -> None:
-    """What the rule fetch_hub runs: offline, the link points into the cache and the manifest pins it."""
+def test_the_fetch_rule_resolves_offline_to_the_cached_snapshot(offline_cache: Path, tmp_path: Path) -> None:
+    """The rule fetch_hub's script, offline: the link points into the cache and the manifest pins it."""
     spec = {"source": "hub", "repo": "org/tiny-llama", "revision": "main", "format": "hf"}
     out = tmp_path / "results" / "hub" / "bases" / "code"
-    manifest = fetch("bases.code", "bases", spec, out)
+    env = {**os.environ, "HF_HUB_CACHE": str(offline_cache), "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = str(REPO / "src")
+    script = REPO / "workflow" / "scripts" / "fetch_hub.py"
+    args = ["--section", "bases", "--name", "code", "--spec", json.dumps(spec), "--out", str(out)]
+
+    def fetch_rule() -> subprocess.CompletedProcess:
+        command = [sys.executable, script, *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    done = fetch_rule()
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["commit"] == COMMIT and "config.json" in manifest["files"]
     assert (out / "snapshot").resolve() == (offline_cache / "models--org--tiny-llama" / "snapshots" / COMMIT)
     assert base_folder("code", spec) == "results/hub/bases/code/snapshot"
     assert read_base_args("hf", out / "snapshot") == standin_args({"model": TINY})
+    spec["repo"] = "org/missing"
+    args[5] = json.dumps(spec)
+    done = fetch_rule()
+    assert done.returncode == 2 and "hf download org/missing --revision main" in done.stderr
 
 
 def test_a_hub_tokenizer_is_read_from_the_cache_at_parse_time(offline_cache: Path, root: Path) -> None:
