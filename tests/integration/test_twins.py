@@ -72,7 +72,7 @@ def test_every_twin_runs_to_its_report(tmp_path: Path) -> None:
             assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)), (run, task)
     # training-custom-llama's packing: one <|end_of_text|> (the BPE's id 1) before each document, none after
     index = json.loads((results / "data/twin-fineweb/twin-bpe/train/index.json").read_text())
-    assert index["packing"] | {"suffix_ids": []} == {
+    assert index["packing"] == {
         "mode": "separator", "separator_token": "<|end_of_text|>", "prefix_ids": [1], "suffix_ids": []
     }  # fmt: skip
     summary = (results / "report" / "summary.csv").read_text().splitlines()

@@ -147,3 +147,10 @@ def test_a_good_separator_passes_the_parse_time_check(root: Path, word_tokenizer
     cfg["datasets"]["synthetic"]["separator_token"] = "d"
     with pytest.raises(ValueError, match="separator_token = 'd' is not a token of tokenizer"):
         check_config(cfg, root)
+
+
+def test_streaming_runs_refuse_another_packing(root: Path) -> None:
+    cfg = default_with(root, packing="concat")
+    cfg["runs"]["tiny"]["overrides"]["data"] = {"mode": "streaming", "streaming": {"streams": 1}}
+    with pytest.raises(ValueError, match="^datasets.synthetic.packing = 'concat': runs.tiny reads it in str"):
+        check_config(cfg, root)
