@@ -14,7 +14,9 @@ from lmrepro.data.peek import peek_data_file
 from lmrepro.data.readers import file_format
 from lmrepro.data.shards import INDEX_FILE
 from lmrepro.data.sources import local_input_paths, select_local_files
+from lmrepro.data.synthetic_formats import LAYOUT_SPLITS
 from lmrepro.data.synthetic_wikitext import SPLITS as WIKITEXT_SPLITS
+from lmrepro.hub import cached_snapshot, parse_time_snapshot
 from lmrepro.run_layout import run_layout
 
 
@@ -89,6 +91,7 @@ def check_config(config: dict[str, Any], root: str | Path = ".", declared_train:
     for name, spec in datasets.items():
         local_input_paths(spec, root, name=name)  # every local pattern finds a file
         _check_local_files(name, spec, root, _multiple_choice_splits(name, evals))
+        _check_packing(name, spec)
     for name, spec in tokenizers.items():
         if spec["kind"] == "spike_bytes":
             continue
@@ -100,6 +103,8 @@ def check_config(config: dict[str, Any], root: str | Path = ".", declared_train:
                     f"tokenizers.{name}.dataset: {spec['dataset']!r} holds {kind} rows, but a {spec['kind']} "
                     f"tokenizer learns from {tokenizer_reads(spec)}"
                 )
+        elif "repo" in spec:
+            parse_time_snapshot(f"tokenizers.{name}", "tokenizers", spec)  # offline and not cached: stop
         elif not (root / spec["path"]).exists():
             raise FileNotFoundError(f"tokenizers.{name}.path: {spec['path']} does not exist")
         else:
@@ -128,6 +133,7 @@ def check_config(config: dict[str, Any], root: str | Path = ".", declared_train:
             )
         spikes = dataset_kind(source) == "spikes"
         synthetic_splits = ("train", "test") if spikes else ("train", "heldout", "mc")
+        synthetic_splits = LAYOUT_SPLITS.get(source.get("layout", "corpus"), synthetic_splits)
         if source.get("layout") == "wikitext":
             synthetic_splits = WIKITEXT_SPLITS
         if source["source"] == "synthetic" and wanted not in synthetic_splits:
@@ -146,6 +152,7 @@ def check_config(config: dict[str, Any], root: str | Path = ".", declared_train:
         for task in spec.get("evals", []):
             _require(evals, task, f"{where}.evals[]", "eval")
         _check_run_kinds(run, spec, config)
+        _check_run_packing(run, spec, config, root)
         weights = run_token_weights(run, spec, root)
         if weights and weights != token_weights_path(run) and not (root / weights).is_file():
             raise FileNotFoundError(f"{where}.overrides.training.token_weights: {weights} does not exist")
@@ -190,7 +197,7 @@ def check_config(config: dict[str, Any], root: str | Path = ".", declared_train:
                 )
             if transformers_base:
                 _check_run_transformers_base(run, spec, job, config, root)
-            else:
+            elif base_args[spec["init"]] is not None:
                 _check_run_base(run, spec, job, config, base_args[spec["init"]])
     for run in config["runs"]:
         if (chain := init_run_step(config["runs"], run)) is not None:
@@ -408,7 +415,10 @@ def parse_time_mlm_ids(mlm: Any, tokenizer: dict, root: str | Path = ".") -> dic
             vocab_size=tokenizer["vocab_size"],
             specials=specials,
         )
-    return tokenizer_mlm_ids(mlm, load_tokenizer(Path(root) / tokenizer["path"]))
+    source = parse_time_tokenizer_path(tokenizer, root)
+    if source is None:  # a Hub tokenizer not cached yet: the render checks again with the fetched files
+        return {"mask_token_id": -1, "never_mask_ids": []}
+    return tokenizer_mlm_ids(mlm, load_tokenizer(source))
 
 
 def tokenizer_mlm_ids(mlm: Any, tok: Any) -> dict:
@@ -427,11 +437,28 @@ def tokenizer_mlm_ids(mlm: Any, tok: Any) -> dict:
 
 def _check_base(name: str, spec: dict, root: Path) -> Any:
     """The base's folder exists and its config file describes a Llama (a transformers causal LM for format
-    `transformers`); returns its ModelArgs (HFCausalArgs)."""
+    `transformers`); returns its ModelArgs (HFCausalArgs). A stand-in's architecture comes from its config
+    entry; a Hub base is read from the cache, or None when it is not cached yet (offline: an error naming the
+    repo and the command that caches it)."""
     from lmrepro.checkpoint.convert import read_base_args
+    from lmrepro.checkpoint.standin_base import standin_args
     from lmrepro.model.hf_causal import hf_causal_args
 
-    path = root / spec["path"]
+    source = spec.get("source", "local")
+    if source != "local" and spec["format"] == "transformers":
+        raise ValueError(f"bases.{name}.source = {source}: a transformers base is a local folder (path)")
+    if source == "synthetic":
+        try:
+            return standin_args(spec)
+        except ValueError as e:
+            raise ValueError(f"bases.{name}.model: {e}") from None
+    if source == "hub":
+        snapshot = parse_time_snapshot(f"bases.{name}", "bases", spec)
+        if snapshot is None:
+            return None  # fetched by a job; convert_base and init_checkpoint check the architecture then
+        path = snapshot / spec.get("path", "")
+    else:
+        path = root / spec["path"]
     if not path.is_dir():
         raise FileNotFoundError(f"bases.{name}.path: {spec['path']} is not a folder")
     try:
@@ -599,6 +626,42 @@ def base_dcp_dir(base: str) -> str:
     return f"{RESULTS}/init/{base}/dcp"
 
 
+def hub_dir(section: str, name: str) -> str:
+    """What the rule fetch_hub writes for bases.<name> / tokenizers.<name> with a Hub repo."""
+    return f"{RESULTS}/hub/{section}/{name}"
+
+
+def standin_base_dir(base: str) -> str:
+    return f"{RESULTS}/init/{base}/standin"
+
+
+def base_input(base: str, spec: dict) -> str:
+    """The folder a base's conversion depends on: its own (local), the stand-in or the fetched Hub folder."""
+    source = spec.get("source", "local")
+    if source == "hub":
+        return hub_dir("bases", base)
+    return standin_base_dir(base) if source == "synthetic" else spec["path"]
+
+
+def base_folder(base: str, spec: dict) -> str:
+    """The folder holding the base's files (for a Hub base: `path` inside the fetched snapshot)."""
+    if spec.get("source", "local") == "hub":
+        return str(Path(hub_dir("bases", base)) / "snapshot" / spec.get("path", ""))
+    return base_input(base, spec)
+
+
+def tokenizer_input(tokenizer: str, spec: dict) -> str:
+    """What importing a pretrained tokenizer depends on: its `path`, or its fetched Hub folder."""
+    return hub_dir("tokenizers", tokenizer) if "repo" in spec else spec["path"]
+
+
+def tokenizer_source(tokenizer: str, spec: dict) -> str:
+    """The tokenizer's files (for a Hub tokenizer: `path` inside the fetched snapshot)."""
+    if "repo" in spec:
+        return str(Path(hub_dir("tokenizers", tokenizer)) / "snapshot" / spec.get("path", ""))
+    return spec["path"]
+
+
 def run_dir(run: str) -> str:
     return f"{RESULTS}/runs/{run}"
 
@@ -731,6 +794,74 @@ def _check_run_kinds(run: str, spec: dict, config: dict[str, Any]) -> None:
                 f"runs.{run}.samples: samples are drawn for a run on one spike dataset with n_fixed (a fixed "
                 "number of neurons); set runs.<run>.dataset to such a dataset or remove samples"
             )
+
+
+def _check_packing(name: str, spec: dict) -> None:
+    from lmrepro.data.packing import Packing
+
+    try:
+        Packing.of_dataset(spec)
+    except ValueError as e:
+        raise ValueError(f"datasets.{name}.{e}") from None
+    if dataset_kind(spec) == "spikes" and "packing" in spec:
+        raise ValueError(f"datasets.{name}.packing: spike rows are concatenated as they are; remove packing")
+
+
+def _check_run_packing(run: str, spec: dict, config: dict[str, Any], root: Path) -> None:
+    """Every dataset the run tokenizes (training and loss evals) has a packing its tokenizer can do: the
+    separator token is in the vocabulary; streaming reads documents as BOS + text + EOS only."""
+    from lmrepro.data.packing import DEFAULT_PACKING, Packing
+
+    evals = config.get("evals", {})
+    loss_sets = [evals[t]["dataset"] for t in spec.get("evals", []) if evals[t]["kind"] in ("loss", "ngram")]
+    tokenizer = config["tokenizers"][spec["tokenizer"]]
+    for name in dict.fromkeys([*run_datasets(spec), *loss_sets]):
+        where = f"datasets.{name}"
+        packing = Packing.of_dataset(config["datasets"][name])  # valid: check_config read it already
+        if packing == DEFAULT_PACKING:
+            continue
+        if run_data_mode(spec, root) == "streaming" and name in run_datasets(spec):
+            raise ValueError(
+                f"{where}.packing = {packing.mode!r}: runs.{run} reads it in streaming mode, which joins "
+                "documents as BOS + text + EOS only; use data.mode = shards or packing bos_eos"
+            )
+        token = packing.separator_token
+        if packing.mode == "separator" and parse_time_token_id(tokenizer, token, root) is None:
+            bpe = tokenizer["kind"] == "bpe"
+            known = f"; a bpe tokenizer trained here has {list(_bpe_specials())}" if bpe else ""
+            raise ValueError(
+                f"{where}.separator_token = {token!r} is not a token of tokenizer {spec['tokenizer']!r} "
+                f"(runs.{run}.tokenizer){known}"
+            )
+
+
+def _bpe_specials() -> tuple[str, ...]:
+    from lmrepro.data.tokenizer import BPE_SPECIAL_TOKENS
+
+    return BPE_SPECIAL_TOKENS
+
+
+def parse_time_token_id(tokenizer: dict, token: str, root: str | Path = ".") -> int | None:
+    """A token's id in a tokenizer before any job: a tokenizer the workflow trains (bpe) knows only its
+    special tokens yet; the others are read from their files (None: not a token)."""
+    from lmrepro.data.tokenizer import load_tokenizer
+
+    if tokenizer["kind"] == "bpe":
+        specials = _bpe_specials()
+        return specials.index(token) if token in specials else None
+    source = parse_time_tokenizer_path(tokenizer, root)
+    if source is None:  # a Hub tokenizer not cached yet: the tokenize step checks with the fetched files
+        return 0
+    return load_tokenizer(source).token_to_id(token)
+
+
+def parse_time_tokenizer_path(tokenizer: dict, root: str | Path = ".") -> Path | None:
+    """Where a pretrained tokenizer's files are before any job: its `path`, or inside the cached snapshot of
+    its Hub repo (None: not cached yet, to be fetched by the rule fetch_hub)."""
+    if "repo" not in tokenizer:
+        return Path(root) / tokenizer["path"]
+    snapshot = cached_snapshot("tokenizers", tokenizer)
+    return snapshot / tokenizer.get("path", "") if snapshot else None
 
 
 def _check_run_data(run: str, spec: dict, datasets: dict) -> None:

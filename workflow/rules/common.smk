@@ -13,6 +13,8 @@ from lmrepro.user_input import stop_on_user_error
 from lmrepro.workflow import (
     baseline_result,
     base_dcp_dir,
+    base_folder,
+    base_input,
     check_config,
     checkpoint_dir,
     eval_result,
@@ -33,6 +35,8 @@ from lmrepro.workflow import (
     shards_dir,
     text_samples_result,
     tokenizer_file,
+    tokenizer_input,
+    tokenizer_source,
     train_shards_dir,
     with_validation,
 )
@@ -263,7 +267,10 @@ def all_retention_outputs(wildcards=None):
 
 
 def dataset_spec(wildcards):
-    return json.dumps(config["datasets"][wildcards.dataset], sort_keys=True)
+    """What prepare_dataset reads (packing shapes the tokenize step only, so it reruns alone)."""
+    spec = config["datasets"][wildcards.dataset]
+    skip = ("packing", "separator_token")
+    return json.dumps({k: v for k, v in spec.items() if k not in skip}, sort_keys=True)
 
 
 def run_preset(wildcards):
@@ -314,8 +321,42 @@ def tokenize_threads(wildcards):
     return 1 if config["datasets"][wildcards.dataset]["source"] == "synthetic" else 8
 
 
+def packing_args(wildcards):
+    """The dataset's packing (datasets.<name>.packing, separator_token) as tokenize_split.py flags."""
+    spec = config["datasets"][wildcards.dataset]
+    flags = f"--packing {spec.get('packing', 'bos_eos')}"
+    if "separator_token" in spec:
+        flags += f" --separator-token {shlex.quote(spec['separator_token'])}"
+    return flags
+
+
 def tokenizer_spec(wildcards):
-    return json.dumps(config["tokenizers"][wildcards.tokenizer], sort_keys=True)
+    """The tokenizer's entry, its `path` resolved to its files (inside the fetched snapshot for a Hub one)."""
+    name = wildcards.tokenizer
+    spec = config["tokenizers"][name]
+    return json.dumps({**spec, "path": tokenizer_source(name, spec)}, sort_keys=True)
+
+
+def pretrained_tokenizer_input(wildcards):
+    name = wildcards.tokenizer
+    return tokenizer_input(name, config["tokenizers"][name])
+
+
+def hub_spec(wildcards):
+    return json.dumps(config[wildcards.section][wildcards.name], sort_keys=True)
+
+
+def base_spec(wildcards):
+    return json.dumps(config["bases"][wildcards.base], sort_keys=True)
+
+
+def base_source(wildcards):
+    """What the conversion depends on: the base's folder, its stand-in or its fetched Hub folder."""
+    return base_input(wildcards.base, config["bases"][wildcards.base])
+
+
+def base_source_folder(wildcards):
+    return base_folder(wildcards.base, config["bases"][wildcards.base])
 
 
 def run_init_base(wildcards):
@@ -327,7 +368,7 @@ def run_init_base(wildcards):
         return [checkpoint_dir(*chain)]
     base = run_settings(wildcards.run).get("init")
     if base and config["bases"][base]["format"] == "transformers":
-        return [config["bases"][base]["path"]]
+        return [base_folder(base, config["bases"][base])]
     return [base_dcp_dir(base)] if base else []
 
 

@@ -44,9 +44,10 @@ rule train_tokenizer:
 
 
 rule import_tokenizer:
-    """A pretrained tokenizer (kinds hf, tiktoken, sentencepiece), with tokenizer.json for the HF export."""
+    """A pretrained tokenizer (kinds hf, tiktoken, sentencepiece; a local path or fetched from the Hub by
+    fetch_hub), with tokenizer.json for the HF export."""
     input:
-        source=lookup(dpath="tokenizers/{tokenizer}/path", within=config),
+        source=pretrained_tokenizer_input,
     output:
         tokenizer="results/tokenizers/{tokenizer}/tokenizer.json",
     log:
@@ -104,7 +105,7 @@ rule patch_tokenizer:
 rule tokenize:
     """One split of a dataset encoded into binary token shards + index.json, in `threads` processes.
 
-    Text documents, or spike-count rows (kind spikes: lab filter, n_fixed, byte or patch tokens; index.json
+    Text documents joined by the dataset's packing (a change of it encodes again), or spike-count rows (kind spikes: lab filter, n_fixed, byte or patch tokens; index.json
     counts the rows kept and skipped). Finished shards wait in the undeclared
     results/data/{dataset}/{tokenizer}/.work-{split}/ until all are done, so a rerun after a failure encodes
     only the missing ones.
@@ -121,6 +122,9 @@ rule tokenize:
     conda:
         LMREPRO_ENV
     threads: tokenize_threads
+    params:
+        packing=packing_args,
     shell:
         "python workflow/scripts/tokenize_split.py --raw {input.raw:q} --split {wildcards.split} "
-        '--tokenizer "$(dirname {input.tokenizer:q})" --num-proc {threads} --out {output.shards:q} > {log:q} 2>&1'
+        '--tokenizer "$(dirname {input.tokenizer:q})" {params.packing} --num-proc {threads} '
+        "--out {output.shards:q} > {log:q} 2>&1"

@@ -7,6 +7,7 @@ Parallel over pieces of the input; restartable: finished shards wait in a work f
 import argparse
 
 from lmrepro.data.encode import DEFAULT_PIECE_BYTES, tokenize_to_shards
+from lmrepro.data.packing import PACKING_MODES, Packing
 from lmrepro.data.sources import spike_rows_of, split_files
 from lmrepro.logs import run_main
 
@@ -20,6 +21,8 @@ def main() -> None:
     parser.add_argument("--text-field", default="text", help="with --input: the field holding the text")
     parser.add_argument("--tokenizer", required=True, help="results/tokenizers/{tokenizer}")
     parser.add_argument("--out", required=True, help="results/data/{dataset}/{tokenizer}/{split}")
+    parser.add_argument("--packing", choices=PACKING_MODES, default="bos_eos", help="joining documents")
+    parser.add_argument("--separator-token", help="--packing separator: the token before each document")
     parser.add_argument("--num-proc", type=int, default=1, help="encoding processes")
     parser.add_argument("--piece-bytes", type=int, default=DEFAULT_PIECE_BYTES, help="input bytes per shard")
     args = parser.parse_args()
@@ -32,6 +35,7 @@ def main() -> None:
         args.out,
         text_field=text_field,
         spike_rows=spike_rows_of(args.raw) if args.raw else None,
+        packing=Packing(args.packing, args.separator_token),
         piece_bytes=args.piece_bytes,
         num_proc=args.num_proc,
     )

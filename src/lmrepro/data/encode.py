@@ -1,6 +1,6 @@
-"""Encode documents into binary token shards, in parallel and restartable: text (BOS + text + EOS per
-document) or spike-count rows (byte or patch tokens per row, no boundary token), by the encoder that the
-tokenizer folder calls for.
+"""Encode documents into binary token shards, in parallel and restartable: text (documents joined by the
+dataset's packing, ``data/packing.py``: BOS + text + EOS by default) or spike-count rows (byte or patch
+tokens per row, no boundary token), by the encoder that the tokenizer folder calls for.
 
 The input files are cut into pieces (``data/readers.py``); each piece becomes one shard, encoded by a pool
 of ``num_proc`` processes. Shards are written to an undeclared work folder next to the output
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmrepro.data.packing import DEFAULT_PACKING, Packing, pack
 from lmrepro.data.readers import Piece, iter_piece_spike_rows, iter_piece_texts, piece_num_rows, plan_pieces
 from lmrepro.data.shards import INDEX_FILE, dtype_for_vocab, read_header, read_index, write_index, write_shard
 from lmrepro.data.sources import split_files  # noqa: F401 (re-exported: callers read a split here)
@@ -37,7 +38,7 @@ from lmrepro.io import file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
-SHARD_KEY_VERSION = 1  # bump when the same piece and tokenizer would give other tokens
+SHARD_KEY_VERSION = 2  # bump when the same piece and tokenizer would give other tokens
 DEFAULT_PIECE_BYTES = 64 << 20  # about 16M tokens of English text per shard
 LOG_EVERY_S = 60.0
 
@@ -49,6 +50,7 @@ def tokenize_to_shards(
     *,
     text_field: str = "text",
     spike_rows: SpikeRows | None = None,
+    packing: Packing = DEFAULT_PACKING,
     piece_bytes: int = DEFAULT_PIECE_BYTES,
     num_proc: int = 1,
     work_dir: str | Path | None = None,
@@ -57,7 +59,8 @@ def tokenize_to_shards(
     """Tokenize the documents of data files into one shard per piece of about `piece_bytes` input bytes.
 
     A spike tokenizer folder (spike_tokenizer.json) reads spike-count rows, selected and shaped by
-    `spike_rows` (the dataset's lab filter and n_fixed); a text tokenizer reads `text_field`.
+    `spike_rows` (the dataset's lab filter and n_fixed); a text tokenizer reads `text_field` and joins the
+    documents by `packing` (recorded in index.json; spike rows take the default only).
     Returns {"num_documents", "num_tokens", "num_shards"}. `work_dir` defaults to `.work-<out_dir name>`
     next to `out_dir`; it survives a failure and is removed after success.
     """
@@ -69,7 +72,7 @@ def tokenize_to_shards(
             raise FileNotFoundError(f"input file {f} does not exist")
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.parent / f".work-{out_dir.name}"
-    encoder_args = (str(tokenizer_dir), text_field, spike_rows, batch_documents)
+    encoder_args = (str(tokenizer_dir), text_field, spike_rows, batch_documents, packing)
     encoder = make_encoder(*encoder_args)
     pieces = plan_pieces(files, piece_bytes)
     first_rows = encoder.first_sample_ids(pieces)
@@ -116,7 +119,7 @@ def tokenize_to_shards(
         eos_id=encoder.eos_id,
         tokenizer_sha256=encoder.sha256,
         source=source,
-        extra={"spikes": stats} if stats else None,
+        extra={"spikes": stats} if stats else encoder.index_extra(),
     )
     shutil.rmtree(work)
     num_tokens = sum(s["num_tokens"] for s in shards)
@@ -152,10 +155,12 @@ def check_shards_match_tokenizer(index_path: str | Path, tokenizer_dir: str | Pa
 
 
 class TextEncoder:
-    """Documents of a text field: BOS + tokens + EOS each."""
+    """Documents of a text field, joined by a packing mode (BOS + tokens + EOS each by default)."""
 
-    def __init__(self, tok: TextTokenizer, text_field: str, batch_documents: int):
+    def __init__(self, tok: TextTokenizer, text_field: str, batch_documents: int, packing=DEFAULT_PACKING):
         self.tok, self.text_field, self.batch_documents = tok, text_field, batch_documents
+        self.packing = packing
+        self.prefix, self.suffix = packing.frame(tok)
         self.vocab_size, self.bos_id, self.eos_id, self.sha256 = (
             tok.vocab_size,
             tok.bos_id,
@@ -164,10 +169,13 @@ class TextEncoder:
         )
 
     def identity(self) -> list:
-        return [self.text_field, self.sha256, self.bos_id, self.eos_id]
+        return [self.text_field, self.sha256, self.bos_id, self.eos_id, self.index_extra()]
 
     def source(self) -> dict:
         return {"text_field": self.text_field}
+
+    def index_extra(self) -> dict:
+        return {"packing": {**self.packing.to_dict(), "prefix_ids": self.prefix, "suffix_ids": self.suffix}}
 
     def first_sample_ids(self, pieces: list[Piece]) -> list[int]:
         return [0] * len(pieces)
@@ -176,15 +184,10 @@ class TextEncoder:
         return None
 
     def encode_piece(self, piece: Piece, first_row: int, stats: dict) -> Iterator[tuple[np.ndarray, int]]:
-        prefix = [self.bos_id] if self.bos_id is not None else []
         batch: list[str] = []
 
         def flush() -> tuple[np.ndarray, int]:
-            flat: list[int] = []
-            for ids in self.tok.encode_batch(batch):
-                flat += prefix
-                flat += ids
-                flat.append(self.eos_id)
+            flat = pack(self.tok.encode_batch(batch), self.prefix, self.suffix)
             done = len(batch)
             batch.clear()
             return np.asarray(flat, dtype=np.int64), done
@@ -218,6 +221,9 @@ class SpikeEncoder:
             total += piece_num_rows(piece)
         return starts
 
+    def index_extra(self) -> None:
+        return None
+
     def index_stats(self, records: list[dict]) -> dict:
         counted = {"counts_clipped": 0} if self.tok.mode == "bytes" else {"patches": 0, "unk_patches": 0}
         total = {**new_row_stats(), **counted}
@@ -236,16 +242,24 @@ class SpikeEncoder:
             log.warning("skipped spike row %s: not a 2-D (neurons x bins) matrix", where)
 
 
-def make_encoder(tokenizer_dir: str, text_field: str, spike_rows: SpikeRows | None, batch_documents: int):
+def make_encoder(
+    tokenizer_dir: str,
+    text_field: str,
+    spike_rows: SpikeRows | None,
+    batch_documents: int,
+    packing: Packing = DEFAULT_PACKING,
+):
     """The encoder a tokenizer folder calls for; a spike tokenizer on text (or the reverse) is refused."""
     if is_spike_tokenizer(tokenizer_dir):
+        if packing != DEFAULT_PACKING:
+            raise ValueError(f"packing = {packing.mode!r}: spike rows are concatenated as they are")
         return SpikeEncoder(load_spike_tokenizer(tokenizer_dir), spike_rows or SpikeRows())
     if spike_rows is not None:
         raise ValueError(
             f"{tokenizer_dir} is a text tokenizer, but the dataset holds spike-count rows; use a tokenizer "
             "of kind spike_bytes or spike_patch"
         )
-    return TextEncoder(load_tokenizer(tokenizer_dir), text_field, batch_documents)
+    return TextEncoder(load_tokenizer(tokenizer_dir), text_field, batch_documents, packing)
 
 
 # ------------------------------------------------------------------------------------ finished pieces

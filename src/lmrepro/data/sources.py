@@ -6,7 +6,8 @@ sizes, sha256). Sources:
 
 * ``synthetic`` — generated ``{train,heldout,mc}.jsonl`` (``kind: spikes``: the Neural Pile stand-in,
   ``{train,test}.parquet``; ``layout: wikitext``: the WikiText-2 stand-in, ``{train,validation,test}.parquet``
-  with a ``text`` column, ``lmrepro.data.synthetic_wikitext``);
+  with a ``text`` column, ``lmrepro.data.synthetic_wikitext``; other ``layout``s: the corpus in a seed's
+  format, ``lmrepro.data.synthetic_formats``);
 * ``local`` — a split given as one JSONL file is copied to ``raw/<split>.jsonl``; folders and globs of
   JSONL/Parquet/Arrow/text files are read in place (a cluster file system holds them already);
 * ``hub`` — ``huggingface_hub.snapshot_download`` into the Hugging Face cache (``HF_HUB_CACHE``; parallel,
@@ -31,7 +32,7 @@ import re
 import shutil
 from pathlib import Path
 
-from lmrepro.data import synthetic_spikes, synthetic_wikitext
+from lmrepro.data import synthetic_formats, synthetic_spikes, synthetic_wikitext
 from lmrepro.data.readers import FORMATS, LAB_COLUMN, file_format, lab_counts
 from lmrepro.data.spikes import SpikeRows
 from lmrepro.data.synthetic import generate_corpus
@@ -75,6 +76,18 @@ def _prepare(spec: dict, tmp: Path, name: str, max_workers: int) -> dict:
         files = {Path(f).name: Path(f) for f in paths.values()}
         manifest = {"source": "synthetic", "layout": "wikitext", "files": _hash_files(files, max_workers)}
         manifest["splits"] = {split: {"files": [Path(f).name]} for split, f in paths.items()}
+    elif source == "synthetic" and spec.get("layout", "corpus") != "corpus":
+        names = synthetic_formats.write(
+            tmp,
+            spec["layout"],
+            seed=spec.get("seed", 1234),
+            num_train=spec.get("num_train_documents", 20000),
+            num_heldout=spec.get("num_heldout_documents", 500),
+            num_mc=spec.get("num_mc_examples", 200),
+        )
+        files = {name: tmp / name for name in names.values()}
+        manifest = {"source": "synthetic", "layout": spec["layout"], "files": _hash_files(files, max_workers)}
+        manifest["splits"] = {split: {"files": [name]} for split, name in names.items()}
     elif source == "synthetic":
         manifest = generate_corpus(
             tmp,
