@@ -16,7 +16,7 @@ rule fetch_hub:
         spec=hub_spec,
     shell:
         "python workflow/scripts/fetch_hub.py --section {wildcards.section} --name {wildcards.name} "
-        "--spec {params.spec:q} --max-workers {threads} --out {output.hub} > {log} 2>&1"
+        "--spec {params.spec:q} --max-workers {threads} --out {output.hub:q} > {log:q} 2>&1"
 
 
 rule standin_base:
@@ -31,7 +31,7 @@ rule standin_base:
     params:
         spec=base_spec,
     shell:
-        "python workflow/scripts/standin_base.py --spec {params.spec:q} --out {output.base} > {log} 2>&1"
+        "python workflow/scripts/standin_base.py --spec {params.spec:q} --out {output.base:q} > {log:q} 2>&1"
 
 
 rule convert_base:

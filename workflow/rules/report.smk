@@ -12,8 +12,8 @@ rule sample_text:
     params:
         settings=text_samples_settings,
     shell:
-        "python workflow/scripts/sample_text.py --exports {input.exports} --settings {params.settings} "
-        "--out {output.samples} > {log} 2>&1"
+        "python workflow/scripts/sample_text.py --exports {input.exports:q} --settings {params.settings} "
+        "--out {output.samples:q} > {log:q} 2>&1"
 
 
 rule report:

@@ -15,5 +15,5 @@ rule drop_optimizer_state:
     conda:
         LMREPRO_ENV
     shell:
-        "python workflow/scripts/drop_optimizer_state.py --checkpoint {input.checkpoint} "
-        "--out {output.record} > {log} 2>&1"
+        "python workflow/scripts/drop_optimizer_state.py --checkpoint {input.checkpoint:q} "
+        "--out {output.record:q} > {log:q} 2>&1"

@@ -176,30 +176,3 @@ def run_lm_eval_tasks(
         )
         log.info("%s on %s: %s", task, model_dir, out[-1]["metrics"])
     return out
-
-
-def evaluate_lm_eval_tasks(
-    export_dir: str | Path, tasks: Sequence[str], out_dir: str | Path, **kwargs: Any
-) -> list[dict[str, Any]]:
-    """Run :func:`run_lm_eval_tasks` on ``<export_dir>/hf``; write ``<out_dir>/<task>.json`` per result.
-
-    The records have the schema of lmrepro.eval.results (run, step, tokens_seen from export.json).
-    """
-    from lmrepro.eval.results import write_result
-    from lmrepro.io import read_json
-    from lmrepro.provenance import provenance
-
-    info = read_json(Path(export_dir) / "export.json")
-    records = []
-    for result in run_lm_eval_tasks(Path(export_dir) / "hf", tasks, **kwargs):
-        record = {
-            "run": info.get("run"),
-            "step": info["step"],
-            "tokens_seen": info["tokens_seen"],
-            **result,
-            "source": str(export_dir),
-            "provenance": provenance(),
-        }
-        write_result(Path(out_dir) / f"{result['task']}.json", record)
-        records.append(record)
-    return records
