@@ -45,3 +45,14 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
 def workflow_copy(tmp_path) -> Path:
     """A copy of the workflow (Snakefile, rules, scripts, schema, config, src) to run in isolation."""
     return copy_workflow(tmp_path)
+
+
+@pytest.fixture
+def restore_signal_handlers():
+    """The trainer installs SIGTERM/SIGUSR1 handlers; when it runs in process, pytest's own are put back."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)

@@ -175,3 +175,18 @@ def sbatch_line(resources: dict[str, str], threads: int) -> str:
         "workdir": "WORKDIR",
     }
     return get_submit_command(job, params) + set_gres_string(job)
+
+
+# meta-llama/Llama-3.1-8B original/params.json, as released
+LLAMA_31_8B_PARAMS = {
+    "dim": 4096,
+    "ffn_dim_multiplier": 1.3,
+    "multiple_of": 1024,
+    "n_heads": 32,
+    "n_kv_heads": 8,
+    "n_layers": 32,
+    "norm_eps": 1e-05,
+    "rope_theta": 500000.0,
+    "use_scaled_rope": True,
+    "vocab_size": 128256,
+}

@@ -5,7 +5,6 @@ GPU in bf16 gives the CPU fp32 eval's loss within 0.01 nats, recording where it 
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 import torch
@@ -17,18 +16,11 @@ from lmrepro.train.trainer import Trainer, init_checkpoint, run_segment
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.usefixtures("restore_signal_handlers"),  # the trainer runs in process
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with the device tool)"),
 ]
 
 GPU = {"training": {"steps": 8, "dtype": "bfloat16", "compile": True, "global_batch_tokens": 256}}
-
-
-@pytest.fixture(autouse=True)
-def _signal_handlers():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def _job(tmp_path, tiny_data, name: str, **sections):

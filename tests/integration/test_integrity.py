@@ -5,7 +5,6 @@ before the next checkpoint, and no checkpoint of non-finite weights is written."
 from __future__ import annotations
 
 import logging
-import signal
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,7 @@ from lmrepro.checkpoint import checksums
 from lmrepro.config import load_job_config
 from lmrepro.train.trainer import Trainer, init_checkpoint, run_segment
 
-
-@pytest.fixture(autouse=True)
-def _signal_handlers():
-    """The trainer installs SIGTERM/SIGUSR1 handlers; in process, pytest's own are put back afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
+pytestmark = pytest.mark.usefixtures("restore_signal_handlers")  # the trainer runs in process
 
 
 def _run(tmp_path: Path, tiny_data, name: str, steps: int, **sections):

@@ -14,22 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import yaml
-from helpers import copy_workflow, planned_job, sbatch_line
+from helpers import LLAMA_31_8B_PARAMS, copy_workflow, planned_job, sbatch_line
 from test_workflow import snakemake
-
-# meta-llama/Llama-3.1-8B original/params.json
-LLAMA_31_8B_PARAMS = {
-    "dim": 4096,
-    "ffn_dim_multiplier": 1.3,
-    "multiple_of": 1024,
-    "n_heads": 32,
-    "n_kv_heads": 8,
-    "n_layers": 32,
-    "norm_eps": 1e-05,
-    "rope_theta": 500000.0,
-    "use_scaled_rope": True,
-    "vocab_size": 128256,
-}
 
 
 def dry_run(workdir: Path, experiment: str, *targets: str):

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import LLAMA_31_8B_PARAMS
 
 from lmrepro.model.flavors import FLAVORS, args_from_params_json, meta_ffn_dim, model_args, params_json
 from lmrepro.model.llama import ModelArgs, RopeScaling, Transformer, flops_per_token
@@ -279,18 +280,7 @@ def test_params_json_round_trip_variants() -> None:
 
 
 def test_meta_params_json_llama31_8b() -> None:
-    meta = {
-        "dim": 4096,
-        "ffn_dim_multiplier": 1.3,
-        "multiple_of": 1024,
-        "n_heads": 32,
-        "n_kv_heads": 8,
-        "n_layers": 32,
-        "norm_eps": 1e-05,
-        "rope_theta": 500000.0,
-        "use_scaled_rope": True,
-        "vocab_size": 128256,
-    }
+    meta = dict(LLAMA_31_8B_PARAMS)
     args = args_from_params_json(meta)
     assert args.ffn_dim == 14336
     expected = model_args("llama3.1-8B", 128256)

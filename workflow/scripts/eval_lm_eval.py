@@ -3,7 +3,7 @@ writes one eval JSON."""
 
 import argparse
 
-from lmrepro.eval.results import EVAL_DEVICES, EVAL_DTYPES, evaluate_lm_eval_task
+from lmrepro.eval.results import add_numerics_arguments, evaluate_lm_eval_task
 from lmrepro.logs import run_main
 
 
@@ -22,8 +22,7 @@ def main() -> None:
     parser.add_argument("--limit", type=_optional_int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-gen-toks", type=_optional_int, default=None, help="generative tasks")
-    parser.add_argument("--device", choices=EVAL_DEVICES, default="auto")
-    parser.add_argument("--dtype", choices=sorted(EVAL_DTYPES), default="float32")
+    add_numerics_arguments(parser)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     evaluate_lm_eval_task(

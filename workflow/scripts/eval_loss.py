@@ -2,7 +2,7 @@
 
 import argparse
 
-from lmrepro.eval.results import EVAL_DEVICES, EVAL_DTYPES, evaluate_loss_task
+from lmrepro.eval.results import add_numerics_arguments, evaluate_loss_task
 from lmrepro.logs import run_main
 
 
@@ -20,13 +20,7 @@ def main() -> None:
     parser.add_argument(
         "--token-weights", help="the run's training.token_weights file: also the weighted loss"
     )
-    parser.add_argument(
-        "--device",
-        choices=EVAL_DEVICES,
-        default="auto",
-        help="evals.<task>.device (auto: the job's GPU if any)",
-    )
-    parser.add_argument("--dtype", choices=sorted(EVAL_DTYPES), default="float32", help="evals.<task>.dtype")
+    add_numerics_arguments(parser)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     evaluate_loss_task(

@@ -28,6 +28,17 @@ EVAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 EVAL_DEVICES = ("auto", "cpu", "cuda")
 
 
+def add_numerics_arguments(parser) -> None:
+    """The eval scripts' --device and --dtype (evals.<task>.device, evals.<task>.dtype)."""
+    parser.add_argument(
+        "--device",
+        choices=EVAL_DEVICES,
+        default="auto",
+        help="evals.<task>.device (auto: the job's GPU if any)",
+    )
+    parser.add_argument("--dtype", choices=sorted(EVAL_DTYPES), default="float32", help="evals.<task>.dtype")
+
+
 def write_result(out: str | Path, record: dict) -> None:
     write_json(out, record)
 
