@@ -21,9 +21,7 @@ def _save(path: Path, async_save: bool = False) -> Path:
     optimizer.step()
     state = {"step": 1}
     if async_save:
-        stager = dcp.default_stager(torch.device("cpu"))
-        dcp.save_async(path, model, optimizer, state, {"step": 1}, stager).finish()
-        stager.close()
+        dcp.save_async(path, model, optimizer, state, {"step": 1}).finish()
     else:
         dcp.save(path, model, optimizer, state, {"step": 1}, extra_files={"metrics.jsonl": "{}\n"})
     return path
@@ -111,3 +109,27 @@ def test_checkpoint_without_manifest_from_an_older_lmrepro_loads_with_a_warning(
     (path / "meta.json").write_text(json.dumps(info))
     checksums.verify(path)
     assert "not verified" in caplog.text
+
+
+def test_every_async_save_stages_with_a_stager_of_its_own(tmp_path, monkeypatch) -> None:
+    """torch 2.11's async_save leaves the stager it was given closed (its copier table cleared), so a stager
+    shared by two saves fails at the second (KeyError: <class 'type'> on the H200). Simulated here: each
+    save's stager is closed once DCP has staged from it, and both saves still complete and verify."""
+    import torch.distributed.checkpoint as torch_dcp
+
+    real = torch_dcp.async_save
+    staged_with = []
+
+    def closing_async_save(state, *, async_stager, **kwargs):
+        future = real(state, async_stager=async_stager, **kwargs)
+        staged_with.append(async_stager)
+        async_stager.close()  # what 2.11 does to a stager passed in
+        return future
+
+    monkeypatch.setattr(torch_dcp, "async_save", closing_async_save)
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for step in (1, 2):
+        dcp.save_async(tmp_path / f"step-{step}", model, optimizer, {"step": step}, {"step": step}).finish()
+        checksums.verify(tmp_path / f"step-{step}")
+    assert len(staged_with) == 2 and staged_with[0] is not staged_with[1]

@@ -104,13 +104,14 @@ def state_bytes(state: object) -> int:
 class PendingSave:
     """A checkpoint that DCP ``async_save`` is writing in a background thread from CPU copies of the state;
     once the writes are done, each rank hashes its share of the files in another background thread.
-    :meth:`finish` (every rank) waits for both, then makes the folder complete like :func:`save`."""
+    :meth:`finish` (every rank) waits for both, then makes the folder complete like :func:`save`, and closes
+    the save's stager."""
 
     def __init__(
-        self, path: Path, tmp: Path, contents: list[str], info: dict, future, group, nbytes: int
+        self, path: Path, tmp: Path, contents: list[str], info: dict, future, group, nbytes: int, stager
     ) -> None:
         self.path, self.tmp, self.contents, self.info, self.future = path, tmp, contents, info, future
-        self.nbytes = nbytes
+        self.nbytes, self.stager = nbytes, stager
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-checksums")
         self._hashed: Future = self._hasher.submit(self._hash_when_written, group)
 
@@ -125,6 +126,7 @@ class PendingSave:
                 share = self._hashed.result()
             finally:
                 self._hasher.shutdown()
+                self.stager.close()
             return _complete(self.tmp, self.path, self.contents, self.info, None, checksums.gather(share))
 
 
@@ -134,20 +136,24 @@ def save_async(
     optimizer: torch.optim.Optimizer | None,
     train_state: dict,
     info: dict,
-    stager,
     process_group: dist.ProcessGroup | None = None,
 ) -> PendingSave:
-    """Like :func:`save`, but returns once ``stager`` has copied the state to CPU (pinned memory on CUDA);
-    the files are written in a background thread. ``process_group`` needs a CPU backend (gloo)."""
+    """Like :func:`save`, but returns once the state is copied to CPU (pinned memory on CUDA); the files
+    are written in a background thread. ``process_group`` needs a CPU backend (gloo).
+
+    Each save has a stager of its own, closed when it is finished: torch 2.11's ``async_save`` leaves a
+    stager passed to it unusable for the next save (its copier table cleared: ``KeyError: <class 'type'>``
+    at the second save on the H200), so page-locked buffers are allocated per save, not reused."""
     path = Path(path)
     tmp = _begin(path)
     state = _state(model, optimizer, train_state)
+    stager = default_stager(next(model.parameters()).device)
     future = dcp.async_save(state, checkpoint_id=str(tmp), async_stager=stager, process_group=process_group)
-    return PendingSave(path, tmp, sorted(state), info, future, process_group, state_bytes(state))
+    return PendingSave(path, tmp, sorted(state), info, future, process_group, state_bytes(state), stager)
 
 
 def default_stager(device: torch.device):
-    """DCP's stager with page-locked buffers reused across saves on CUDA (plain CPU copies otherwise)."""
+    """DCP's stager: page-locked buffers on CUDA (plain CPU copies otherwise), synchronous staging."""
     from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
     cuda = device.type == "cuda"

@@ -83,7 +83,6 @@ class SegmentCheckpointer:
         self.config_sha = config_sha256(job)
         self.process_group: dist.ProcessGroup | None = None  # async saves: a group with a CPU backend
         self._pending: dcp.PendingSave | None = None
-        self._stager = None
         if not self.start_step < until_step <= job.training.steps:
             raise ValueError(
                 f"segment {self.start_step} → {until_step} is not within the run's training.steps = "
@@ -154,11 +153,7 @@ class SegmentCheckpointer:
             elapsed = time.monotonic() - started
             log.info("rolling checkpoint at step %d saved in %.2f s", info["step"], elapsed)
             return
-        if self._stager is None:
-            self._stager = dcp.default_stager(next(model.parameters()).device)
-        self._pending = dcp.save_async(
-            path, model, optimizer, train_state, info, self._stager, self.process_group
-        )
+        self._pending = dcp.save_async(path, model, optimizer, train_state, info, self.process_group)
         log.info(
             "rolling checkpoint at step %d staged in %.2f s (written in the background)",
             info["step"],
@@ -178,9 +173,6 @@ class SegmentCheckpointer:
 
     def close(self) -> None:
         self.wait()
-        if self._stager is not None:
-            self._stager.close()
-            self._stager = None
 
     def save_final(self, model: nn.Module, optimizer, train_state: dict, info: dict) -> None:
         """The declared step-N, with this segment's rows of state/metrics.jsonl as its metrics.jsonl."""
