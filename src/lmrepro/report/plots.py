@@ -343,8 +343,9 @@ def plot_eval_accuracy(evals_df: pd.DataFrame, out_base: Path, *, chance: float 
                     ax.axhline(chance, color="0.3", ls="--", lw=1, label=f"chance ({chance:g})")
             values = rows.loc[rows["metric"].isin([metric, "accuracy"]), "value"]
             if values.between(0, 1).all():  # a rate: the whole range, so small gains are not magnified
-                ax.set_ylim(0, 1)
-            ax.legend(fontsize="small")
+                ax.set_ylim(0, 1.12)  # headroom: a rate at 1.0 is not hidden under the legend
+                ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+            ax.legend(fontsize="small", loc="upper left", ncols=2)
         return _save(fig, out_base)
 
 
