@@ -4,7 +4,9 @@ those jobs (the SLURM executor plugin's names), so that runs of different sizes 
 profile keeps site settings only (partition, account, QoS).
 
 The schema fills the defaults (one node, one process, no GPU, 2 CPUs, 8 GB, 60 minutes: what the rules gave
-before layouts existed); `processes_per_node` defaults to `gpus_per_node` (one process per GPU), else 1.
+before layouts existed); `processes_per_node` defaults to `gpus_per_node` (one process per GPU), else 1; an
+eval or export job's memory and wall time, when the layout leaves them out, are the profile's
+default-resources (as before layouts existed), else 8 GB and 60 minutes.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ DEFAULT_RUNTIME_MIN = 60
 
 @dataclass(frozen=True)
 class JobSize:
-    """An eval or export job: one task on one node."""
+    """An eval or export job: one task on one node; memory and wall time not given: the profile's
+    default-resources (else DEFAULT_MEM_MB / DEFAULT_RUNTIME_MIN)."""
 
     gpus: int = 0
-    mem_mb: int = DEFAULT_MEM_MB
-    runtime_min: int = DEFAULT_RUNTIME_MIN
+    mem_mb: int | None = None
+    runtime_min: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,13 @@ def train_resources(layout: RunLayout) -> dict[str, Any]:
     }
 
 
-def job_resources(size: JobSize) -> dict[str, Any]:
-    """Resources of a one-task eval or export job."""
+def job_resources(size: JobSize, site_defaults: dict[str, int] | None = None) -> dict[str, Any]:
+    """Resources of a one-task eval or export job; memory and wall time the layout leaves out come from
+    ``site_defaults`` (the profile's default-resources: mem_mb, runtime), else lmrepro's defaults."""
+    defaults = {"mem_mb": DEFAULT_MEM_MB, "runtime": DEFAULT_RUNTIME_MIN, **(site_defaults or {})}
     return {
         "gres": f"gpu:{size.gpus}" if size.gpus else "",
         "tasks_per_gpu": 0,
-        "mem_mb": size.mem_mb,
-        "runtime": size.runtime_min,
+        "mem_mb": size.mem_mb if size.mem_mb is not None else defaults["mem_mb"],
+        "runtime": size.runtime_min if size.runtime_min is not None else defaults["runtime"],
     }

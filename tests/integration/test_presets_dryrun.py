@@ -2,8 +2,8 @@
 
 frontier-torchtitan needs site files at parse time; they are faked minimally with their real formats: the
 `params.json` Meta ships with Llama-3.1-8B's `original/` weights (its published content), an empty
-`consolidated.00.pth` and `tokenizer.model` (parse time reads neither, it checks that they exist) and a
-one-row Arrow file for Stack-v2. The
+`consolidated.00.pth` (parse time only checks that it exists), a one-line `tokenizer.model` in tiktoken's
+format (parse time reads its first line to check the kind) and a one-row Arrow file for Stack-v2. The
 dry-runs target one segment each, not `all` (500 segments), to stay fast.
 """
 
@@ -53,7 +53,7 @@ def fake_frontier_site_files(workdir: Path) -> None:
     base.mkdir(parents=True)
     (base / "params.json").write_text(json.dumps(LLAMA_31_8B_PARAMS))
     (base / "consolidated.00.pth").write_bytes(b"")
-    (base / "tokenizer.model").write_text("")
+    (base / "tokenizer.model").write_text("IQ== 0\n")  # tiktoken's format: a base64 token and its rank
     stack = workdir / "data" / "stack-v2-smol"
     stack.mkdir(parents=True)
     with pa.ipc.new_stream(stack / "data-00000-of-03000.arrow", pa.schema([("text", pa.string())])) as out:

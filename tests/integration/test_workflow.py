@@ -23,6 +23,7 @@ SECRETS = {"HF_TOKEN": "hf_FAKEtokenLmreproLeakCheck0123456789", "WANDB_API_KEY"
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.update(SECRETS)
+    env["WANDB_MODE"] = "disabled"  # the fake key must not send the jobs to a W&B server (no network here)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     return subprocess.run(
         [*SNAKEMAKE, "--cores", "2", *args],

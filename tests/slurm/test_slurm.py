@@ -242,7 +242,8 @@ def test_sbatch_resources_of_a_64_node_4_gpu_experiment(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"nodes": 64}, "nodes=64 but tasks=2; one task per node needs tasks=64"),
+        # 4 nodes × 4 processes = 16 ranks: the experiment's 16 sequences a step still divide (checked first)
+        ({"nodes": 4}, "nodes=4 but tasks=2; one task per node needs tasks=4"),
         ({"tasks_per_gpu": 1}, "with gres set tasks_per_gpu=0"),
         ({"mpi": ""}, "nodes=2 needs mpi='srun' and tasks=2"),
     ],
@@ -338,9 +339,10 @@ def step0(prepared):
 
 def test_more_nodes_than_the_partition_has_stop_before_submission(prepared, step0):
     """Slurm itself would accept this job and keep it pending (PartitionNodeLimit) for ever."""
-    output, rc, elapsed = submit_segment(prepared, {**SMALL, "nodes": 3, "tasks": 3})
+    # 4 ranks: the experiment's 16 sequences per step divide (the layout is checked first, at parse time)
+    output, rc, elapsed = submit_segment(prepared, {**SMALL, "nodes": 4, "tasks": 4})
     assert rc != 0 and elapsed < 60, (elapsed, output[-3000:])
-    assert "nodes=3, but partition debug: 2 nodes at most" in output, output[-3000:]
+    assert "nodes=4, but partition debug: 2 nodes at most" in output, output[-3000:]
     assert not slurm_job_ids(prepared, "train_segment")  # nothing was submitted
     assert_checkpoints_intact(prepared, step0)
 

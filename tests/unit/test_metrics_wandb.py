@@ -52,6 +52,25 @@ def test_requested_only_by_api_key_or_offline_mode() -> None:
     assert not wandb_requested({"WANDB_MODE": "online"})
     assert wandb_requested({"WANDB_MODE": "offline"})
     assert wandb_requested({"WANDB_API_KEY": "k"})
+    assert not wandb_requested({"WANDB_API_KEY": "k", "WANDB_MODE": "disabled"})
+
+
+def test_a_wandb_that_does_not_start_is_a_warning_and_training_goes_on(tmp_path, monkeypatch, caplog) -> None:
+    """A key but no reachable server (as here): wandb.init raises after its timeout; W&B is never required."""
+    wandb = pytest.importorskip("wandb")
+
+    def no_server(**kwargs):
+        raise wandb.errors.CommError("Failed to get resume status: context deadline exceeded")
+
+    monkeypatch.setattr(wandb, "init", no_server)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with caplog.at_level(logging.WARNING):
+        writer = MetricsWriter(tmp_path, enabled=True, tensorboard=False, tags=TAGS, run="r")
+    assert "Weights & Biases did not start (CommError: Failed to get resume status" in caplog.text
+    writer.write(_row(1, 2.5))
+    writer.close()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 2.5
 
 
 def test_not_installed_is_a_warning_and_metrics_still_written(tmp_path, monkeypatch, caplog) -> None:

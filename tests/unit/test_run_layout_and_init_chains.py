@@ -137,3 +137,19 @@ def test_run_layout_dataclass_defaults_match_the_schema() -> None:
     layout = RunLayout()
     for key in ("nodes", "gpus_per_node", "cpus_per_task", "mem_mb", "runtime_min"):
         assert props[key]["default"] == getattr(layout, key), key
+
+
+def test_eval_and_export_jobs_take_the_sites_default_memory_and_wall_time_unless_the_layout_says() -> None:
+    site = {"mem_mb": 400, "runtime": 10}  # a profile's default-resources
+    plain = run_layout({"layout": {"nodes": 2}})
+    assert (job_resources(plain.eval, site)["mem_mb"], job_resources(plain.eval, site)["runtime"]) == (
+        400,
+        10,
+    )
+    assert (job_resources(plain.export)["mem_mb"], job_resources(plain.export)["runtime"]) == (8000, 60)
+    sized = run_layout({"layout": {"export": {"mem_mb": 64000, "runtime_min": 90}, "eval": {"gpus": 1}}})
+    assert (job_resources(sized.export, site)["mem_mb"], job_resources(sized.export, site)["runtime"]) == (
+        64000,
+        90,
+    )
+    assert job_resources(sized.eval, site)["gres"] == "gpu:1"

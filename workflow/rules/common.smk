@@ -396,11 +396,23 @@ def train_threads(wildcards):
     return run_layout_of(wildcards).cpus_per_task
 
 
+def site_default_resources():
+    """The profile's default-resources mem_mb and runtime, where they are plain integers."""
+    defaults = workflow.resource_settings.default_resources
+    values = {
+        key: getattr(defaults.get(key), "value", None) if defaults else None
+        for key in ("mem_mb", "runtime")
+    }
+    return {key: value for key, value in values.items() if isinstance(value, int)}
+
+
 def job_resource(job, name):
-    """An eval (`job` "eval") or export job's resource from the run's layout (lmrepro.run_layout)."""
+    """An eval (`job` "eval") or export job's resource from the run's layout (lmrepro.run_layout); memory
+    and wall time the layout leaves out are the profile's default-resources."""
 
     def of_run(wildcards):
-        return job_resources(getattr(run_layout_of(wildcards), job))[name]
+        size = getattr(run_layout_of(wildcards), job)
+        return job_resources(size, site_default_resources())[name]
 
     return of_run
 

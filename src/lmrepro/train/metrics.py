@@ -97,14 +97,18 @@ def finite_weights(model: torch.nn.Module) -> bool:
 
 
 def wandb_requested(environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether the environment asks for Weights & Biases: an API key, or offline mode (no account needed)."""
+    """Whether the environment asks for Weights & Biases: an API key, or offline mode (no account needed);
+    ``WANDB_MODE=disabled`` turns it off whatever else is set."""
+    if environ.get("WANDB_MODE") == "disabled":
+        return False
     return bool(environ.get("WANDB_API_KEY")) or environ.get("WANDB_MODE") == "offline"
 
 
 def open_wandb(run: str, config: dict, tags: dict):
-    """A W&B run for this segment's metrics, or None (not requested, or wandb not installed: a warning says
-    how to install it). One W&B run per lmrepro run and config (id = run + config sha256), resumed by every
-    segment; project from ``WANDB_PROJECT`` (default lmrepro), files under ``WANDB_DIR`` as wandb does."""
+    """A W&B run for this segment's metrics, or None (not requested; wandb not installed, or W&B failing to
+    start: a warning says so and training goes on). One W&B run per lmrepro run and config (id = run +
+    config sha256), resumed by every segment; project from ``WANDB_PROJECT`` (default lmrepro), files under
+    ``WANDB_DIR`` as wandb does."""
     if not wandb_requested():
         return None
     try:
@@ -115,14 +119,23 @@ def open_wandb(run: str, config: dict, tags: dict):
             "(pip install 'lmrepro[wandb]'); metrics go to metrics.jsonl and TensorBoard only"
         )
         return None
-    return wandb.init(
-        project=os.environ.get("WANDB_PROJECT", "lmrepro"),
-        id=f"{run}-{tags.get('config_sha256', '')[:12]}".rstrip("-"),
-        name=run,
-        resume="allow",
-        config=config,
-        tags=[run],
-    )
+    try:
+        return wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "lmrepro"),
+            id=f"{run}-{tags.get('config_sha256', '')[:12]}".rstrip("-"),
+            name=run,
+            resume="allow",
+            config=config,
+            tags=[run],
+        )
+    except Exception as e:  # noqa: BLE001 - W&B is never required: no server, a bad key, ...
+        log.warning(
+            "Weights & Biases did not start (%s: %s); metrics go to metrics.jsonl and TensorBoard only "
+            "(WANDB_MODE=offline logs without a server, WANDB_MODE=disabled turns W&B off)",
+            type(e).__name__,
+            " ".join(str(e).split())[:300],
+        )
+        return None
 
 
 class MetricsWriter:
