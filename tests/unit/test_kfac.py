@@ -155,10 +155,8 @@ def test_gas4_equals_gas1_in_fp32_with_the_seeds_damping():
         for x, y in zip(a, b, strict=True):
             assert float((x - y).abs().max()) <= 1e-4 * float(x.abs().max())
     m_seed, _, _ = _train(gas=4, steps=5, order="seed", cfg=cfg, dtype=torch.float32)
-    assert (
-        max(float((p - q).detach().abs().max()) for p, q in zip(m1.parameters(), m_seed.parameters(), strict=True))
-        > 1e-3
-    )
+    pairs = zip(m1.parameters(), m_seed.parameters(), strict=True)
+    assert max(float((p - q).detach().abs().max()) for p, q in pairs) > 1e-3
 
 
 def test_factor_and_inverse_update_intervals():
