@@ -21,7 +21,6 @@ from lmrepro.data.encode import check_shards_match_tokenizer, split_files
 from lmrepro.data.shards import INDEX_FILE
 from lmrepro.data.spike_tokenizer import load_any_tokenizer
 from lmrepro.data.token_weights import write_inverse_frequency_weights
-from lmrepro.model.losses import load_token_weights
 from lmrepro.workflow import (
     raw_dir,
     run_data_mode,
@@ -55,6 +54,8 @@ def render_run_config(run: str, settings: dict) -> JobConfig:
     job = render_job_config(settings["preset"], settings.get("overrides", {}), fixed)
     weights = token_weights_file(job)
     if weights is not None and job.training.token_weights != INVERSE_FREQUENCY:
+        from lmrepro.model.losses import load_token_weights  # torch: not for every render (parse time)
+
         load_token_weights(weights, vocab_size)  # a file of the wrong length or dtype stops here, named
     if job.training.objective != "mlm":
         return job
